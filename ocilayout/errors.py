@@ -9,6 +9,8 @@
     │   ├── DigestMismatchError
     │   ├── SizeMismatchError
     │   └── UnsafePathError
+    ├── NotAnImageError (exit 1): an artifact such as a Helm chart or signature
+    ├── UnsupportedManifestError (exit 1): a format such as Docker schema 1
     └── OutputError (exit 1): the output path cannot be written
 
 Every error carries the values it concerns as attributes, so callers never
@@ -98,6 +100,14 @@ class UnsafePathError(IntegrityError):
 
 class InvalidContentError(IntegrityError):
     """A stored manifest or index body is malformed or contradicts its references."""
+
+
+class NotAnImageError(OCILayoutError):
+    """The manifest is an artifact (chart, signature, SBOM), not a container image."""
+
+
+class UnsupportedManifestError(OCILayoutError):
+    """The manifest uses a format ocilayout does not build, such as schema 1."""
 
 
 class OutputError(OCILayoutError):

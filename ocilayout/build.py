@@ -1,0 +1,325 @@
+"""Building a verified OCI image layout from the store: the library entry points."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from . import mediatypes as mt
+from .digest import Digest, parse_digest
+from .errors import IntegrityError, OCILayoutError, UsageError
+from .layout import LayoutWriter
+from .manifest import Platform
+from .place import Placement, place_blob, write_blob_bytes
+from .platforms import parse_platform
+from .resolve import Plan, PlannedBlob, Request, resolve
+from .store import MetadataSource, SQLiteMetadata, open_blob
+
+log = logging.getLogger(__name__)
+
+REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
+_REF_COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
+_REF_NAME = re.compile(rf"^{_REF_COMPONENT}(?:/{_REF_COMPONENT})*$")
+
+ProgressFn = Callable[[str, int], None]
+
+
+@dataclass
+class BuildResult:
+    """What a build produced; ``target`` is the scanner source string."""
+
+    output: Path
+    repository: str
+    requested_digest: str
+    manifest_digest: str
+    media_type: str
+    platform: Platform | None
+    ref_name: str
+    chain: list[str]
+    placements: list[Placement]
+    skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def target(self) -> str:
+        return f"oci-dir:{self.output}"
+
+    @property
+    def bytes_verified(self) -> int:
+        return sum(p.size for p in self.placements if p.hashed)
+
+    def to_json(self) -> dict:
+        methods: dict[str, int] = {}
+        for placement in self.placements:
+            methods[placement.method] = methods.get(placement.method, 0) + 1
+        return {
+            "output": str(self.output),
+            "target": self.target,
+            "repository": self.repository,
+            "requested_digest": self.requested_digest,
+            "manifest_digest": self.manifest_digest,
+            "media_type": self.media_type,
+            "platform": self.platform.to_json() if self.platform else None,
+            "ref_name": self.ref_name,
+            "resolution_chain": self.chain,
+            "blobs": [
+                {
+                    "digest": p.digest,
+                    "size": p.size,
+                    "method": p.method,
+                    "hashed": p.hashed,
+                }
+                for p in self.placements
+            ],
+            "placement_methods": methods,
+            "bytes_verified": self.bytes_verified,
+            "skipped_non_distributable": self.skipped,
+            "warnings": self.warnings,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def build_layout(
+    store: str | os.PathLike[str] | MetadataSource,
+    output: str | os.PathLike[str],
+    *,
+    digest: str | Digest | None = None,
+    image: str | None = None,
+    tag: str | None = None,
+    repo: str | None = None,
+    platform: str | Platform | None = None,
+    ref_name: str | None = None,
+    link: str = "auto",
+    workers: int | None = None,
+    sync: bool = True,
+    progress: ProgressFn | None = None,
+) -> BuildResult:
+    """Build a verified single-image OCI layout at ``output``.
+
+    ``store`` is an emulator store directory or any MetadataSource. The image
+    is named by ``digest`` or by ``image`` and ``tag``; an index resolves to
+    one platform child. The layout appears at ``output`` only when complete,
+    and the store is only read. Raises an OCILayoutError subclass whose
+    ``exit_code`` tells the failure class.
+    """
+    started = time.monotonic()
+    request = Request(
+        digest=_as_digest(digest),
+        image=image,
+        tag=tag,
+        repo=repo,
+        platform=parse_platform(platform) if isinstance(platform, str) else platform,
+    )
+    source, owned = _open_source(store)
+    try:
+        plan = resolve(source, request)
+    finally:
+        if owned:
+            source.close()
+
+    warnings: list[str] = []
+    ref = _choose_ref_name(ref_name, plan, warnings)
+    with LayoutWriter(output, sync=sync) as writer:
+        placements, skipped = _place_all(plan, writer, link, workers, progress)
+        write_blob_bytes(plan.manifest_body, writer.blob_path(plan.manifest_digest))
+        writer.commit(_index_document(plan, ref))
+
+    writable = [p.digest for p in placements if p.store_writable]
+    if writable:
+        warnings.append(
+            f"{len(writable)} hardlinked blob(s) are writable in the store, so a "
+            "consumer could change the store's copy; use --link copy to isolate"
+        )
+    for digest_text in skipped:
+        warnings.append(
+            f"non-distributable layer {digest_text} is not in the store and was "
+            "left out; it is never fetched from its URLs"
+        )
+    return BuildResult(
+        output=writer.output,
+        repository=plan.repository.key,
+        requested_digest=str(plan.requested),
+        manifest_digest=str(plan.manifest_digest),
+        media_type=plan.manifest.media_type,
+        platform=plan.platform,
+        ref_name=ref,
+        chain=[str(d) for d in plan.chain],
+        placements=placements,
+        skipped=skipped,
+        warnings=warnings,
+        seconds=time.monotonic() - started,
+    )
+
+
+@contextmanager
+def temporary_layout(
+    store: str | os.PathLike[str] | MetadataSource,
+    *,
+    workspace: str | os.PathLike[str] | None = None,
+    **options,
+) -> Iterator[BuildResult]:
+    """Build a layout in a private temporary directory and remove it on exit.
+
+    The directory is created with mode 0700 under ``workspace`` (default: the
+    system temporary directory), and its path contains no ``:`` or ``@``,
+    which scanners would misread in an ``oci-dir:`` source. Keyword options
+    are those of ``build_layout``, except ``output``.
+    """
+    parent = tempfile.mkdtemp(prefix="ocilayout-", dir=workspace)
+    try:
+        if any(ch in parent for ch in ":@"):
+            raise UsageError(
+                f"workspace path {parent} contains ':' or '@', which scanners "
+                "misread in a source string; choose another workspace"
+            )
+        yield build_layout(store, os.path.join(parent, "layout"), **options)
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def _as_digest(value: str | Digest | None) -> Digest | None:
+    if value is None or isinstance(value, Digest):
+        return value
+    return parse_digest(value)
+
+
+def _open_source(
+    store: str | os.PathLike[str] | MetadataSource,
+) -> tuple[MetadataSource, bool]:
+    if isinstance(store, (str, os.PathLike)):
+        return SQLiteMetadata.for_store(store), True
+    return store, False
+
+
+def _choose_ref_name(explicit: str | None, plan: Plan, warnings: list[str]) -> str:
+    if explicit is not None:
+        if not _REF_NAME.match(explicit):
+            raise UsageError(
+                f"invalid ref name {explicit!r}: use letters and digits joined "
+                "by one of - . _ : @ + (or --), with / between components"
+            )
+        return explicit
+    tag = plan.tag or "latest"
+    if _REF_NAME.match(tag):
+        return tag
+    replaced = re.sub(r"[^A-Za-z0-9]+", "-", tag).strip("-") or "latest"
+    warnings.append(
+        f"tag {tag!r} is not a valid OCI ref name, so the layout uses "
+        f"{replaced!r}; pass --ref to choose another"
+    )
+    return replaced
+
+
+def _index_document(plan: Plan, ref: str) -> dict:
+    descriptor: dict = {
+        "mediaType": plan.manifest.media_type,
+        "digest": str(plan.manifest_digest),
+        "size": len(plan.manifest_body),
+    }
+    if plan.platform is not None:
+        descriptor["platform"] = plan.platform.to_json()
+    descriptor["annotations"] = {REF_NAME_ANNOTATION: ref}
+    return {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_INDEX,
+        "manifests": [descriptor],
+    }
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _place_all(
+    plan: Plan,
+    writer: LayoutWriter,
+    link: str,
+    workers: int | None,
+    progress: ProgressFn | None,
+) -> tuple[list[Placement], list[str]]:
+    """Verify and place every planned blob, largest first, in parallel."""
+    unique: dict[Digest, PlannedBlob] = {}
+    skipped = []
+    for blob in plan.blobs:
+        if blob.storage_key is None:
+            skipped.append(str(blob.digest))
+        else:
+            unique.setdefault(blob.digest, blob)
+    jobs = sorted(unique.values(), key=lambda b: b.descriptor.size, reverse=True)
+    if progress is not None:
+        progress("total-bytes", sum(b.descriptor.size for b in jobs))
+        progress("total-blobs", len(jobs))
+
+    cancel = threading.Event()
+
+    def tick(count: int) -> None:
+        if cancel.is_set():
+            raise _Cancelled()
+        if progress is not None:
+            progress("bytes", count)
+
+    def run(blob: PlannedBlob) -> Placement:
+        placement = _place_one(plan, blob, writer, link, tick)
+        if progress is not None:
+            progress("blob", 1)
+        return placement
+
+    count = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
+    pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="ocilayout")
+    try:
+        futures = [pool.submit(run, blob) for blob in jobs]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            if future in done and future.exception() is not None:
+                raise future.exception()
+        return [future.result() for future in futures], skipped
+    finally:
+        cancel.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _place_one(
+    plan: Plan,
+    blob: PlannedBlob,
+    writer: LayoutWriter,
+    link: str,
+    tick: Callable[[int], None],
+) -> Placement:
+    repo = plan.repository
+    try:
+        fd, path = open_blob(repo, blob.storage_key)
+    except FileNotFoundError as exc:
+        raise IntegrityError(
+            f"{blob.kind} {blob.digest} has a row in repository {repo.key} but "
+            f"its file {exc.filename or blob.storage_key} is missing from the "
+            "blob store"
+        ) from None
+    try:
+        return place_blob(
+            fd,
+            path,
+            blob.digest,
+            blob.descriptor.size,
+            writer.blob_path(blob.digest),
+            link,
+            progress=tick,
+        )
+    except OCILayoutError:
+        raise
+    except OSError as exc:
+        raise OCILayoutError(
+            f"cannot place {blob.kind} {blob.digest} from {path}: {exc}"
+        ) from exc
+    finally:
+        os.close(fd)

@@ -1,0 +1,218 @@
+"""Command line interface: parses options, calls the library, maps errors to exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import __version__
+from .errors import (
+    AmbiguousError,
+    IntegrityError,
+    MetadataMissingError,
+    NotFoundError,
+    OCILayoutError,
+    OutputError,
+)
+
+app = typer.Typer(
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Build verified OCI image layouts from an artifact manager's store.",
+)
+
+EXIT_USAGE = 2
+
+# One hint per error class, shown under the message on a terminal and in JSON.
+_HINTS: list[tuple[type, str]] = [
+    (AmbiguousError, "pass --repo KEY to pick one repository"),
+    (NotFoundError, "check the digest or tag; `--json` output lists what was looked up"),
+    (
+        MetadataMissingError,
+        "no local layout is possible; scan the image through its registry instead",
+    ),
+    (
+        IntegrityError,
+        "the store's content does not match its metadata; do not scan this image "
+        "until the store is repaired",
+    ),
+    (OutputError, "choose an output path that does not exist, in an existing folder"),
+]
+
+
+class Link(str, Enum):
+    auto = "auto"
+    hardlink = "hardlink"
+    reflink = "reflink"
+    copy = "copy"
+
+
+def _hint_for(error: OCILayoutError) -> str | None:
+    for kind, hint in _HINTS:
+        if isinstance(error, kind):
+            return hint
+    return None
+
+
+def _fail(error: OCILayoutError, as_json: bool) -> None:
+    hint = _hint_for(error)
+    if as_json:
+        payload = {
+            "ok": False,
+            "error": {
+                "type": type(error).__name__,
+                "message": str(error),
+                "exit_code": error.exit_code,
+            },
+        }
+        for attribute in ("reason", "digest", "path", "candidates"):
+            value = getattr(error, attribute, None)
+            if value is not None:
+                payload["error"][attribute] = value
+        if hint:
+            payload["error"]["hint"] = hint
+        typer.echo(json.dumps(payload, indent=2))
+    else:
+        typer.echo(f"error: {error}", err=True)
+        if hint:
+            typer.echo(f"hint: {hint}", err=True)
+    raise typer.Exit(error.exit_code)
+
+
+class _Progress:
+    """A one-line progress display on stderr, redrawn at most ten times a second."""
+
+    def __init__(self) -> None:
+        self.total_bytes = 0
+        self.total_blobs = 0
+        self.bytes = 0
+        self.blobs = 0
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def __call__(self, event: str, value: int) -> None:
+        with self._lock:
+            if event == "total-bytes":
+                self.total_bytes = value
+            elif event == "total-blobs":
+                self.total_blobs = value
+            elif event == "bytes":
+                self.bytes += value
+            elif event == "blob":
+                self.blobs += value
+            now = time.monotonic()
+            if now - self._last >= 0.1 or event == "blob":
+                self._last = now
+                self._draw()
+
+    def _draw(self) -> None:
+        mib = 1024 * 1024
+        sys.stderr.write(
+            f"\rverified {self.bytes / mib:,.1f}/{self.total_bytes / mib:,.1f} MiB, "
+            f"placed {self.blobs}/{self.total_blobs} blobs"
+        )
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self._last:
+            sys.stderr.write("\n")
+
+
+def _install_signal_handlers() -> None:
+    # SIGTERM becomes KeyboardInterrupt so that cleanup code runs as for Ctrl-C.
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+@app.command()
+def build(
+    output: Path = typer.Option(..., "--output", "-o", help="Layout directory to create; it must not exist."),
+    store: Path = typer.Option(..., "--store", help="Emulator store directory (holds metadata.sqlite3)."),
+    digest: Optional[str] = typer.Option(None, "--digest", help="Manifest or index digest, sha256:<hex>."),
+    image: Optional[str] = typer.Option(None, "--image", help="Image name, used with --tag."),
+    tag: Optional[str] = typer.Option(None, "--tag", help="Tag (or digest reference) of --image."),
+    repo: Optional[str] = typer.Option(None, "--repo", help="Repository key; optional when the image is in one repository only."),
+    platform: Optional[str] = typer.Option(None, "--platform", help="os/arch[/variant] to pick from an index; default: the host's."),
+    ref: Optional[str] = typer.Option(None, "--ref", help="org.opencontainers.image.ref.name for the layout; default: the tag."),
+    link: Link = typer.Option(Link.auto, "--link", help="Blob placement: auto tries hardlink, then reflink, then copy."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Blobs verified in parallel; default: CPU count."),
+    no_sync: bool = typer.Option(False, "--no-sync", help="Skip fsync; for throwaway layouts."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log resolution steps to stderr."),
+) -> None:
+    """Build a verified OCI image layout for one image of the store."""
+    from .build import build_layout
+
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+    _install_signal_handlers()
+    progress = _Progress() if sys.stderr.isatty() and not as_json else None
+    try:
+        result = build_layout(
+            store,
+            output,
+            digest=digest,
+            image=image,
+            tag=tag,
+            repo=repo,
+            platform=platform,
+            ref_name=ref,
+            link=link.value,
+            workers=workers,
+            sync=not no_sync,
+            progress=progress,
+        )
+    except OCILayoutError as error:
+        if progress:
+            progress.finish()
+        _fail(error, as_json)
+    except KeyboardInterrupt:
+        if progress:
+            progress.finish()
+        typer.echo("interrupted; no layout was written", err=True)
+        raise typer.Exit(130)
+    if progress:
+        progress.finish()
+    if as_json:
+        typer.echo(json.dumps({"ok": True, **result.to_json()}, indent=2))
+        return
+    methods = ", ".join(
+        f"{count} {method}" for method, count in result.to_json()["placement_methods"].items()
+    )
+    typer.echo(f"built {result.output}")
+    typer.echo(f"  manifest {result.manifest_digest} ({result.platform or 'no platform'})")
+    typer.echo(f"  blobs    {len(result.placements)} placed ({methods})")
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(result.target)
+
+
+@app.command()
+def version() -> None:
+    """Print the ocilayout version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except OCILayoutError as error:  # raised outside a command's own handler
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(error.exit_code)
+
+
+if __name__ == "__main__":
+    main()

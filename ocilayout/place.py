@@ -1,0 +1,239 @@
+"""Verified placement of blobs: hash, then hardlink, reflink or copy.
+
+This module is the only place that hashes blob content. Every strategy
+verifies size and digest before the blob gets its final name in the layout:
+a hardlink is made after the store's file hashed correctly and is checked to
+be the same inode that was hashed; a reflink or copy is hashed from the
+layout's own private copy, so a later change to the store cannot alter it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+from dataclasses import dataclass
+from typing import Callable
+
+from .digest import Digest
+from .errors import DigestMismatchError, IntegrityError, SizeMismatchError, UsageError
+
+CHUNK_BYTES = 1 << 20
+STRATEGIES = ("auto", "hardlink", "reflink", "copy")
+
+# Linux ioctl that makes a file share another file's extents (btrfs, XFS).
+FICLONE = 0x40049409
+
+# Errors that mean "this placement method is not possible here, try the next".
+_FALLBACK_ERRNOS = {
+    errno.EXDEV,
+    errno.EPERM,
+    errno.EMLINK,
+    errno.EACCES,
+    errno.EOPNOTSUPP,
+    errno.ENOTTY,
+    errno.EINVAL,
+    errno.ENOSYS,
+}
+
+ProgressFn = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Placement:
+    digest: str
+    size: int
+    method: str
+    hashed: bool
+    store_writable: bool
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What changes when a file changes: the cache key of a verification."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, info: os.stat_result) -> "FileIdentity":
+        return cls(
+            info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+        )
+
+
+def hash_fd(
+    fd: int,
+    digest: Digest,
+    progress: ProgressFn | None = None,
+    sink: int | None = None,
+) -> tuple[str, int]:
+    """Hash ``fd`` from offset 0, writing every byte to ``sink`` if given.
+
+    Returns (hex digest, bytes read). Reading into one reused buffer keeps
+    memory flat whatever the blob size, and hashlib releases the GIL on
+    updates this large, so several blobs hash in parallel threads.
+    """
+    hasher = digest.hasher()
+    buffer = bytearray(CHUNK_BYTES)
+    view = memoryview(buffer)
+    total = 0
+    offset = 0
+    while True:
+        count = os.preadv(fd, [buffer], offset)
+        if count == 0:
+            break
+        chunk = view[:count]
+        hasher.update(chunk)
+        if sink is not None:
+            _write_all(sink, chunk)
+        offset += count
+        total += count
+        if progress is not None:
+            progress(count)
+    return hasher.hexdigest(), total
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+def place_blob(
+    source_fd: int,
+    source_path: str,
+    expected: Digest,
+    size: int,
+    target: str,
+    strategy: str,
+    progress: ProgressFn | None = None,
+    verified: Callable[[FileIdentity], bool] | None = None,
+) -> Placement:
+    """Place the blob open at ``source_fd`` at path ``target``, verified.
+
+    ``strategy`` is one of STRATEGIES; ``auto`` tries hardlink, then reflink,
+    then copy, falling back on errors that mean the method is unavailable.
+    ``verified`` tells whether a file identity is already known to hold
+    ``expected`` (a verification cache); only a hardlink can use it, because
+    it is the only method that keeps the verified inode.
+    Raises SizeMismatchError or DigestMismatchError and leaves no file at
+    ``target`` or beside it on failure.
+    """
+    if strategy not in STRATEGIES:
+        raise UsageError(
+            f"invalid link strategy {strategy!r}: use one of {', '.join(STRATEGIES)}"
+        )
+    info = os.fstat(source_fd)
+    if info.st_size != size:
+        raise SizeMismatchError(str(expected), size, info.st_size, source_path)
+    writable = bool(info.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    order = ("hardlink", "reflink", "copy") if strategy == "auto" else (strategy,)
+    last_error: OSError | None = None
+    for method in order:
+        try:
+            if method == "hardlink":
+                hashed = _hardlink(
+                    source_fd, source_path, expected, target, progress, verified
+                )
+            else:
+                _private_copy(source_fd, source_path, expected, size, target,
+                              method, progress)
+                hashed = True
+        except OSError as exc:
+            if strategy != "auto" or exc.errno not in _FALLBACK_ERRNOS:
+                raise
+            last_error = exc
+            continue
+        return Placement(
+            str(expected), size, method, hashed, writable and method == "hardlink"
+        )
+    raise OSError(last_error.errno, f"cannot place {expected}: {last_error}")
+
+
+def _hardlink(
+    fd: int,
+    path: str,
+    expected: Digest,
+    target: str,
+    progress: ProgressFn | None,
+    verified: Callable[[FileIdentity], bool] | None,
+) -> bool:
+    before = os.fstat(fd)
+    identity = FileIdentity.of(before)
+    hashed = not (verified is not None and verified(identity))
+    if hashed:
+        actual, _ = hash_fd(fd, expected, progress)
+        after = FileIdentity.of(os.fstat(fd))
+        if after != identity:
+            raise IntegrityError(
+                f"blob file {path} changed while it was being verified"
+            )
+        if actual != expected.hex:
+            raise DigestMismatchError(
+                str(expected), f"{expected.algorithm}:{actual}", path
+            )
+    elif progress is not None:
+        progress(before.st_size)
+    os.link(path, target, follow_symlinks=False)
+    linked = os.stat(target, follow_symlinks=False)
+    if FileIdentity.of(linked) != identity:
+        os.unlink(target)
+        raise IntegrityError(
+            f"blob file {path} was replaced or changed between verification "
+            "and linking"
+        )
+    return hashed
+
+
+def _private_copy(
+    fd: int,
+    path: str,
+    expected: Digest,
+    size: int,
+    target: str,
+    method: str,
+    progress: ProgressFn | None,
+) -> None:
+    partial = f"{target}.partial"
+    out = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    try:
+        if method == "reflink":
+            fcntl.ioctl(out, FICLONE, fd)
+            actual, count = hash_fd(out, expected, progress)
+        else:
+            actual, count = hash_fd(fd, expected, progress, sink=out)
+        if count != size:
+            raise SizeMismatchError(str(expected), size, count, path)
+        if actual != expected.hex:
+            raise DigestMismatchError(
+                str(expected), f"{expected.algorithm}:{actual}", path
+            )
+        os.close(out)
+        out = -1
+        os.rename(partial, target)
+    except BaseException:
+        if out >= 0:
+            os.close(out)
+        _unlink_quietly(partial)
+        raise
+
+
+def write_blob_bytes(data: bytes, target: str) -> None:
+    """Write an already verified in-memory blob (a manifest body) read-only."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    try:
+        _write_all(fd, memoryview(data))
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,310 @@
+"""Read access to an artifact manager's store: metadata rows and blob files.
+
+The builder works through two small interfaces. A ``MetadataSource`` answers
+questions about rows (repositories, tags, manifests, blob references, index
+children, referrers) and never writes. ``open_blob`` turns a repository's
+storage path and a storage key into an open file descriptor, rejecting any key
+that could reach outside the repository's storage root.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote
+
+from .errors import MetadataMissingError, NotFoundError, UnsafePathError
+
+DATABASE_NAME = "metadata.sqlite3"
+
+
+@dataclass(frozen=True)
+class Repository:
+    id: str
+    key: str
+    storage_backend: str
+    storage_path: str
+
+
+@dataclass(frozen=True)
+class Tag:
+    image: str
+    tag: str
+    manifest_digest: str
+    content_type: str
+
+
+@dataclass(frozen=True)
+class StoredManifest:
+    """The ``artifacts`` row that records where a manifest body is stored."""
+
+    digest: str
+    size: int
+    checksum_sha256: str
+    content_type: str
+    storage_key: str
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """One ``manifest_blob_refs`` row joined to its live ``oci_blobs`` row.
+
+    ``size`` and ``storage_key`` are None when no live blob row exists, which
+    includes rows marked ``pending_delete_at``.
+    """
+
+    digest: str
+    kind: str
+    size: int | None
+    storage_key: str | None
+
+
+@dataclass(frozen=True)
+class Blob:
+    digest: str
+    size: int
+    storage_key: str
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One ``oci_manifest_subjects`` row: a manifest that refers to a subject."""
+
+    manifest_digest: str
+    media_type: str
+    artifact_type: str | None
+    size: int
+    annotations: str | None
+
+
+class MetadataSource(Protocol):
+    """Read-only queries over the store's tables.
+
+    Every method is side-effect free. Lookups return None or an empty list
+    when nothing matches; deleted artifacts and blobs marked for garbage
+    collection are treated as absent.
+    """
+
+    def repository(self, key: str) -> Repository | None: ...
+
+    def repositories_with_manifest(self, digest: str) -> list[Repository]: ...
+
+    def repositories_with_tag(self, image: str, tag: str) -> list[Repository]: ...
+
+    def tag(self, repo: Repository, image: str, tag: str) -> Tag | None: ...
+
+    def manifest(self, repo: Repository, digest: str) -> StoredManifest | None: ...
+
+    def blob_refs(self, repo: Repository, manifest_digest: str) -> list[BlobRef]: ...
+
+    def blob(self, repo: Repository, digest: str) -> Blob | None: ...
+
+    def children(self, repo: Repository, parent_digest: str) -> list[str]: ...
+
+    def referrers(self, repo: Repository, subject_digest: str) -> list[Subject]: ...
+
+    def close(self) -> None: ...
+
+
+class SQLiteMetadata:
+    """MetadataSource over the emulator's SQLite database, opened read-only."""
+
+    def __init__(self, database: str | os.PathLike[str]):
+        path = Path(database)
+        if not path.is_file():
+            raise MetadataMissingError(
+                f"metadata database not found: {path}", reason="no-database"
+            )
+        uri = f"file:{quote(str(path.absolute()))}?mode=ro"
+        try:
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self._db.execute("SELECT 1 FROM oci_blobs LIMIT 1")
+        except sqlite3.Error as exc:
+            raise MetadataMissingError(
+                f"cannot read metadata database {path}: {exc}",
+                reason="database-unavailable",
+            ) from exc
+
+    @classmethod
+    def for_store(cls, store_dir: str | os.PathLike[str]) -> "SQLiteMetadata":
+        return cls(Path(store_dir) / DATABASE_NAME)
+
+    def _rows(self, sql: str, *params: object) -> list[tuple]:
+        return self._db.execute(sql, params).fetchall()
+
+    def _repositories(self, where: str, *params: object) -> list[Repository]:
+        rows = self._rows(
+            "SELECT DISTINCT r.id, r.key, r.storage_backend, r.storage_path "
+            f"FROM repositories r {where} ORDER BY r.key",
+            *params,
+        )
+        return [Repository(*row) for row in rows]
+
+    def repository(self, key: str) -> Repository | None:
+        found = self._repositories("WHERE r.key = ?", key)
+        return found[0] if found else None
+
+    def repositories_with_manifest(self, digest: str) -> list[Repository]:
+        return self._repositories(
+            "JOIN artifacts a ON a.repository_id = r.id "
+            "WHERE a.storage_key = ? AND a.is_deleted = 0",
+            f"oci-manifests/{digest}",
+        )
+
+    def repositories_with_tag(self, image: str, tag: str) -> list[Repository]:
+        return self._repositories(
+            "JOIN oci_tags t ON t.repository_id = r.id WHERE t.name = ? AND t.tag = ?",
+            image,
+            tag,
+        )
+
+    def tag(self, repo: Repository, image: str, tag: str) -> Tag | None:
+        rows = self._rows(
+            "SELECT name, tag, manifest_digest, manifest_content_type FROM oci_tags "
+            "WHERE repository_id = ? AND name = ? AND tag = ?",
+            repo.id,
+            image,
+            tag,
+        )
+        return Tag(*rows[0]) if rows else None
+
+    def manifest(self, repo: Repository, digest: str) -> StoredManifest | None:
+        rows = self._rows(
+            "SELECT size_bytes, checksum_sha256, content_type, storage_key "
+            "FROM artifacts WHERE repository_id = ? AND storage_key = ? "
+            "AND is_deleted = 0 LIMIT 1",
+            repo.id,
+            f"oci-manifests/{digest}",
+        )
+        return StoredManifest(digest, *rows[0]) if rows else None
+
+    def blob_refs(self, repo: Repository, manifest_digest: str) -> list[BlobRef]:
+        rows = self._rows(
+            "SELECT m.blob_digest, m.kind, b.size_bytes, b.storage_key "
+            "FROM manifest_blob_refs m LEFT JOIN oci_blobs b "
+            "ON b.repository_id = m.repository_id AND b.digest = m.blob_digest "
+            "AND b.pending_delete_at IS NULL "
+            "WHERE m.repository_id = ? AND m.manifest_digest = ? "
+            "ORDER BY m.kind, m.blob_digest",
+            repo.id,
+            manifest_digest,
+        )
+        return [BlobRef(*row) for row in rows]
+
+    def blob(self, repo: Repository, digest: str) -> Blob | None:
+        rows = self._rows(
+            "SELECT digest, size_bytes, storage_key FROM oci_blobs "
+            "WHERE repository_id = ? AND digest = ? AND pending_delete_at IS NULL",
+            repo.id,
+            digest,
+        )
+        return Blob(*rows[0]) if rows else None
+
+    def children(self, repo: Repository, parent_digest: str) -> list[str]:
+        rows = self._rows(
+            "SELECT child_digest FROM oci_manifest_refs "
+            "WHERE repository_id = ? AND parent_digest = ? ORDER BY child_digest",
+            repo.id,
+            parent_digest,
+        )
+        return [row[0] for row in rows]
+
+    def referrers(self, repo: Repository, subject_digest: str) -> list[Subject]:
+        rows = self._rows(
+            "SELECT manifest_digest, media_type, artifact_type, size_bytes, "
+            "annotations FROM oci_manifest_subjects "
+            "WHERE repository_id = ? AND subject_digest = ? ORDER BY manifest_digest",
+            repo.id,
+            subject_digest,
+        )
+        return [Subject(*row) for row in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def storage_key_parts(key: object) -> list[str]:
+    """Split a storage key into path components, rejecting any unsafe key.
+
+    The store maps a key containing ``/`` to that relative path, and a key
+    without one to ``<first two characters>/<key>``. A key with an empty,
+    ``.`` or ``..`` component, a leading ``/``, a backslash or a NUL byte is
+    rejected rather than repaired, because the store itself never writes one.
+    """
+    if not isinstance(key, str) or not key:
+        raise UnsafePathError(f"invalid storage key {key!r}: empty", path=str(key))
+    if "\0" in key or "\\" in key or key.startswith("/"):
+        raise UnsafePathError(
+            f"unsafe storage key {key!r}: absolute or contains NUL or backslash",
+            path=key,
+        )
+    parts = key.split("/") if "/" in key else [key[:2], key]
+    if any(part in ("", ".", "..") for part in parts):
+        raise UnsafePathError(
+            f"unsafe storage key {key!r}: empty, '.' or '..' path component",
+            path=key,
+        )
+    return parts
+
+
+def open_blob(repo: Repository, key: str) -> tuple[int, str]:
+    """Open the file stored under ``key`` read-only and return (fd, path).
+
+    Every directory on the way is opened relative to the previous one with
+    O_NOFOLLOW, so no symlink inside the storage root is ever followed, and the
+    final file must be a regular file. Raises UnsafePathError for a key or file
+    that breaks these rules and FileNotFoundError when the file is absent.
+    """
+    if repo.storage_backend != "filesystem":
+        raise MetadataMissingError(
+            f"repository {repo.key} uses storage backend {repo.storage_backend!r}; "
+            "only 'filesystem' can be read locally",
+            reason="unsupported-storage-backend",
+        )
+    parts = storage_key_parts(key)
+    root = repo.storage_path
+    if not os.path.isabs(root):
+        raise UnsafePathError(
+            f"storage_path {root!r} of repository {repo.key} is not absolute",
+            path=root,
+        )
+    path = os.path.join(root, *parts)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        dir_fd = os.open(root, flags | os.O_DIRECTORY)
+    except FileNotFoundError as exc:
+        raise MetadataMissingError(
+            f"storage_path {root} of repository {repo.key} does not exist",
+            reason="storage-path-missing",
+        ) from exc
+    try:
+        for part in parts[:-1]:
+            next_fd = _open_component(part, dir_fd, flags | os.O_DIRECTORY, path)
+            os.close(dir_fd)
+            dir_fd = next_fd
+        fd = _open_component(parts[-1], dir_fd, flags | os.O_NONBLOCK, path)
+    finally:
+        os.close(dir_fd)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise UnsafePathError(f"blob file {path} is not a regular file", path=path)
+    return fd, path
+
+
+def _open_component(name: str, dir_fd: int, flags: int, path: str) -> int:
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        # ELOOP means a symlink, ENOTDIR a file where a folder belongs.
+        raise UnsafePathError(
+            f"cannot open {path} safely: {os.strerror(exc.errno or 0)} "
+            f"at component {name!r} (symlinks are not followed)",
+            path=path,
+        ) from exc
