@@ -1,0 +1,132 @@
+"""Command line of the emulator: create stores, push images, build test images.
+
+    python -m emulator init DIR
+    python -m emulator push --store DIR --repo KEY --image NAME [--tag TAG] SOURCE
+    python -m emulator make-image --out DIR [--platform P ...] [--attestation]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from ocilayout.errors import OCILayoutError
+
+from .imagegen import COMPRESSIONS, DEBIAN_PACKAGES, host_platform, make_image
+from .push import push
+from .store import EmulatorStore
+
+_HINTS = {
+    "DigestMismatchError": "the source content does not match its descriptor; "
+    "rebuild or re-export the source image",
+    "DownloadError": "run 'apt-get update' and check access to the package "
+    "registries, or point OCILAYOUT_CACHE_DIR at a filled cache",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocilayout-emulator",
+        description="Emulate an artifact manager's OCI store for testing ocilayout.",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log each step to stderr"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    init = commands.add_parser("init", help="create an empty store (idempotent)")
+    init.add_argument("directory", help="store directory to create")
+
+    push_parser = commands.add_parser(
+        "push", help="push an image into a store and print its manifest digest"
+    )
+    push_parser.add_argument("--store", required=True, help="store directory")
+    push_parser.add_argument(
+        "--repo", required=True, help="repository key, e.g. docker-local"
+    )
+    push_parser.add_argument(
+        "--image", required=True, help="image name, e.g. library/alpine"
+    )
+    push_parser.add_argument(
+        "--tag", help="tag to point at the image (default: push by digest only)"
+    )
+    push_parser.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="skip child manifests and blobs missing from the source",
+    )
+    push_parser.add_argument(
+        "source",
+        help="OCI layout DIR[:REF], oci-archive FILE[:REF] or docker-archive "
+        "FILE[:REPOTAG]",
+    )
+
+    make = commands.add_parser(
+        "make-image", help="build a real image layout and print JSON describing it"
+    )
+    make.add_argument("--out", required=True, help="layout directory to write")
+    make.add_argument(
+        "--platform",
+        action="append",
+        dest="platforms",
+        help=f"os/architecture[/variant], repeatable (default: {host_platform()})",
+    )
+    make.add_argument(
+        "--attestation",
+        action="store_true",
+        help="add a buildx-style SBOM attestation manifest per platform",
+    )
+    make.add_argument("--size", choices=sorted(DEBIAN_PACKAGES), default="small")
+    make.add_argument("--ref", default="latest", help="ref name in index.json")
+    make.add_argument("--compression", choices=COMPRESSIONS, default="gzip")
+    return parser
+
+
+def run(arguments: argparse.Namespace) -> None:
+    if arguments.command == "init":
+        store = EmulatorStore.init(arguments.directory)
+        print(store.root)
+    elif arguments.command == "push":
+        store = EmulatorStore(arguments.store)
+        digest = push(
+            store,
+            arguments.repo,
+            arguments.image,
+            arguments.tag,
+            arguments.source,
+            allow_partial=arguments.allow_partial,
+        )
+        print(digest)
+    else:
+        result = make_image(
+            arguments.out,
+            platforms=arguments.platforms or [host_platform()],
+            attestation=arguments.attestation,
+            size=arguments.size,
+            ref=arguments.ref,
+            compression=arguments.compression,
+        )
+        print(json.dumps(result.to_json(), indent=2))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if arguments.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        run(arguments)
+    except OCILayoutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        hint = _HINTS.get(type(exc).__name__)
+        if hint:
+            print(f"hint: {hint}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,72 @@
+"""Shared fixtures: real images built from Debian packages and wheels, and stores.
+
+The images come from ``emulator.imagegen.make_image``. Package downloads are
+cached in ``$OCILAYOUT_CACHE_DIR`` (default ``.cache/ocilayout-demo`` in the
+repository), so only the first run on a machine needs the package registries.
+Each image is built once per test session; tests must not modify the layouts
+these fixtures return (copy them first with ``shutil.copytree``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from emulator.imagegen import ImageResult, host_platform, make_image
+from emulator.push import push
+from emulator.store import EmulatorStore
+
+REPOSITORY_KEY = "docker-local"
+IMAGE_NAME = "demo/app"
+MULTI_PLATFORMS = ("linux/amd64", "linux/arm64/v8")
+
+
+@dataclass(frozen=True)
+class PushedImage:
+    """An image pushed into a test store, with where to find it."""
+
+    store: EmulatorStore
+    repo: str
+    image: str
+    tag: str
+    digest: str
+    source: ImageResult
+
+
+@pytest.fixture(scope="session")
+def real_image_single(tmp_path_factory) -> ImageResult:
+    """A single-platform OCI layout for the host platform, tagged ``latest``."""
+    out = tmp_path_factory.mktemp("image-single") / "layout"
+    return make_image(out, platforms=[host_platform()])
+
+
+@pytest.fixture(scope="session")
+def real_image_multi(tmp_path_factory) -> ImageResult:
+    """An OCI index for linux/amd64 and linux/arm64/v8 with attestations."""
+    out = tmp_path_factory.mktemp("image-multi") / "layout"
+    return make_image(out, platforms=list(MULTI_PLATFORMS), attestation=True)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> EmulatorStore:
+    """A fresh, empty emulator store."""
+    return EmulatorStore.init(tmp_path / "store")
+
+
+@pytest.fixture
+def pushed_single(store, real_image_single) -> PushedImage:
+    """The single-platform image pushed as ``docker-local`` ``demo/app:single``."""
+    return _push(store, real_image_single, "single")
+
+
+@pytest.fixture
+def pushed_multi(store, real_image_multi) -> PushedImage:
+    """The multi-platform index pushed as ``docker-local`` ``demo/app:multi``."""
+    return _push(store, real_image_multi, "multi")
+
+
+def _push(store: EmulatorStore, image: ImageResult, tag: str) -> PushedImage:
+    digest = push(store, REPOSITORY_KEY, IMAGE_NAME, tag, image.spec)
+    return PushedImage(store, REPOSITORY_KEY, IMAGE_NAME, tag, digest, image)
