@@ -180,8 +180,14 @@ def _hardlink(
     elif progress is not None:
         progress(before.st_size)
     os.link(path, target, follow_symlinks=False)
-    linked = os.stat(target, follow_symlinks=False)
-    if FileIdentity.of(linked) != identity:
+    # Linking updates ctime, so only the fields a link leaves alone are compared.
+    linked = FileIdentity.of(os.stat(target, follow_symlinks=False))
+    if (linked.device, linked.inode, linked.size, linked.mtime_ns) != (
+        identity.device,
+        identity.inode,
+        identity.size,
+        identity.mtime_ns,
+    ):
         os.unlink(target)
         raise IntegrityError(
             f"blob file {path} was replaced or changed between verification "
