@@ -1,8 +1,13 @@
 """Command line of the emulator: create stores, push images, build test images.
 
+Usage::
+
     python -m emulator init DIR
     python -m emulator push --store DIR --repo KEY --image NAME [--tag TAG] SOURCE
     python -m emulator make-image --out DIR [--platform P ...] [--attestation]
+
+Errors print one ``error:`` line, and a ``hint:`` line where the fix is known,
+and exit with the code of the error class (see ocilayout.errors).
 """
 
 from __future__ import annotations

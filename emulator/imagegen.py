@@ -45,6 +45,7 @@ REFERENCE_DIGEST_ANNOTATION = "vnd.docker.reference.digest"
 IN_TOTO_MEDIA_TYPE = "application/vnd.in-toto+json"
 IN_TOTO_PREDICATE_ANNOTATION = "in-toto.io/predicate-type"
 SPDX_PREDICATE_TYPE = "https://spdx.dev/Document"
+SPDX_MEDIA_TYPE = "application/spdx+json"
 
 CACHE_ENVIRONMENT_VARIABLE = "OCILAYOUT_CACHE_DIR"
 # Every timestamp in generated images, so that builds are reproducible.
@@ -125,7 +126,7 @@ class Package:
 
 @dataclass(frozen=True)
 class ImageResult:
-    """What ``make_image`` wrote: where, under which digests, with what inside."""
+    """Location, digests and packages of an image written by ``make_image``."""
 
     layout: Path
     ref: str
@@ -483,7 +484,10 @@ class LayoutWriter:
             if (entry.get("annotations") or {}).get(REF_NAME_ANNOTATION) != ref
         ]
         entry = dict(descriptor)
-        entry["annotations"] = {**entry.get("annotations", {}), REF_NAME_ANNOTATION: ref}
+        entry["annotations"] = {
+            **entry.get("annotations", {}),
+            REF_NAME_ANNOTATION: ref,
+        }
         entries.append(entry)
         index["manifests"] = entries
         temporary = index_path.with_name(".index.json.partial")
@@ -513,10 +517,10 @@ def make_image(
 ) -> ImageResult:
     """Write a real image into the OCI layout ``out_dir`` under ``ref``.
 
-    One platform without attestations gives an image manifest; several
+    One platform without attestations gives an image manifest. Several
     platforms, or attestations, give an OCI image index with one manifest per
-    platform and, with ``attestation``, a buildx-style attestation manifest
-    per platform holding an in-toto SPDX statement. ``out_dir`` must be
+    platform. With ``attestation``, each platform also gets a buildx-style
+    attestation manifest containing an in-toto SPDX statement. ``out_dir`` must be
     absent, empty, or an existing OCI layout, to which the image is added
     (replacing any entry with the same ``ref``).
     """
@@ -602,7 +606,9 @@ def _build_shared_layers(
             content.packages += unpack(files, root)
             tar = tar_directory(root)
             names = " ".join(path.name for path in files)
-            content.layers.append(writer.add_blob(media_type, compress(tar, compression)))
+            content.layers.append(
+                writer.add_blob(media_type, compress(tar, compression))
+            )
             content.diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
             content.history.append(
                 {"created": CREATED, "created_by": f"{created_by}: {names}"}
@@ -618,7 +624,9 @@ def _write_platform_image(
     compression: str,
 ) -> dict[str, Any]:
     marker = tar_directory_from_files({"etc/ocilayout-platform": f"{text}\n".encode()})
-    layer = writer.add_blob(_LAYER_MEDIA_TYPES[compression], compress(marker, compression))
+    layer = writer.add_blob(
+        _LAYER_MEDIA_TYPES[compression], compress(marker, compression)
+    )
     diff_ids = content.diff_ids + ["sha256:" + hashlib.sha256(marker).hexdigest()]
     history = content.history + [
         {"created": CREATED, "created_by": f"write /etc/ocilayout-platform ({text})"}
@@ -665,7 +673,7 @@ def _attestation(
     platform_text: str,
     ref: str,
 ) -> dict[str, Any]:
-    """Write a buildx-style attestation manifest for ``image``; return its descriptor."""
+    """Write a buildx-style attestation manifest and return its descriptor."""
     statement = json.dumps(
         _in_toto_statement(content.packages, image, platform_text, ref), indent=2
     ).encode()
@@ -733,7 +741,10 @@ def _in_toto_statement(
             "SPDXID": "SPDXRef-DOCUMENT",
             "name": f"ocilayout-demo:{ref} {platform_text}",
             "documentNamespace": f"urn:ocilayout-demo:{hex_digest}",
-            "creationInfo": {"created": CREATED, "creators": ["Tool: ocilayout-emulator"]},
+            "creationInfo": {
+                "created": CREATED,
+                "creators": ["Tool: ocilayout-emulator"],
+            },
             "packages": spdx_packages,
         },
     }
@@ -746,6 +757,60 @@ def wrap_in_index(layout: str | os.PathLike[str], ref: str, new_ref: str) -> str
     some registries hold. Returns the new index's digest.
     """
     path = Path(layout)
+    entry = _layout_entry(path, ref)
+    child = {k: v for k, v in entry.items() if k != "annotations"}
+    writer = LayoutWriter(path)
+    outer = {
+        "schemaVersion": 2,
+        "mediaType": mediatypes.OCI_INDEX,
+        "manifests": [child],
+    }
+    descriptor = writer.add_json(mediatypes.OCI_INDEX, outer)
+    writer.set_ref(descriptor, new_ref)
+    return descriptor["digest"]
+
+
+def add_sbom_referrer(
+    layout: str | os.PathLike[str], subject_ref: str, new_ref: str
+) -> str:
+    """Add an SPDX SBOM artifact whose ``subject`` is the entry ``subject_ref``.
+
+    The artifact is an OCI 1.1 manifest with ``artifactType``
+    ``application/spdx+json``, the empty config and one SBOM layer, the shape
+    ``oras attach`` and ``cosign attach sbom`` push. It gets the ref name
+    ``new_ref``; returns its digest.
+    """
+    path = Path(layout)
+    subject = _layout_entry(path, subject_ref)
+    sbom = {
+        "spdxVersion": "SPDX-2.3",
+        "dataLicense": "CC0-1.0",
+        "SPDXID": "SPDXRef-DOCUMENT",
+        "name": f"sbom of {subject['digest']}",
+        "documentNamespace": f"urn:ocilayout-demo:sbom:{subject['digest']}",
+        "creationInfo": {"created": CREATED, "creators": ["Tool: ocilayout-emulator"]},
+        "packages": [],
+    }
+    writer = LayoutWriter(path)
+    empty = writer.add_blob(mediatypes.OCI_EMPTY, b"{}")
+    layer = writer.add_json(SPDX_MEDIA_TYPE, sbom)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": mediatypes.OCI_MANIFEST,
+        "artifactType": SPDX_MEDIA_TYPE,
+        "config": empty,
+        "layers": [layer],
+        "subject": {key: subject[key] for key in ("mediaType", "digest", "size")},
+        "annotations": {"org.opencontainers.image.created": CREATED},
+    }
+    descriptor = writer.add_json(
+        mediatypes.OCI_MANIFEST, manifest, artifactType=SPDX_MEDIA_TYPE
+    )
+    writer.set_ref(descriptor, new_ref)
+    return descriptor["digest"]
+
+
+def _layout_entry(path: Path, ref: str) -> dict[str, Any]:
     index = json.loads((path / "index.json").read_text())
     matches = [
         entry
@@ -753,10 +818,7 @@ def wrap_in_index(layout: str | os.PathLike[str], ref: str, new_ref: str) -> str
         if (entry.get("annotations") or {}).get(REF_NAME_ANNOTATION) == ref
     ]
     if len(matches) != 1:
-        raise UsageError(f"layout {path} has {len(matches)} entries named {ref!r}")
-    child = {k: v for k, v in matches[0].items() if k != "annotations"}
-    writer = LayoutWriter(path)
-    outer = {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": [child]}
-    descriptor = writer.add_json(mediatypes.OCI_INDEX, outer)
-    writer.set_ref(descriptor, new_ref)
-    return descriptor["digest"]
+        raise UsageError(
+            f"layout {path} has {len(matches)} entries named {ref!r}; expected one"
+        )
+    return matches[0]

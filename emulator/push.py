@@ -217,8 +217,12 @@ class _Pusher:
 
     def _missing(self, what: str, descriptor: Descriptor, parent: str) -> None:
         if self.allow_partial:
-            logger.info("skipping %s %s absent from %s", what, descriptor.digest,
-                        self.source.name)
+            logger.info(
+                "skipping %s %s absent from %s",
+                what,
+                descriptor.digest,
+                self.source.name,
+            )
             return
         raise NotFoundError(
             f"{what} {descriptor.digest} referenced by {parent} is missing from "

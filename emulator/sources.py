@@ -11,8 +11,8 @@ A source spec names a path and optionally a reference after the last ``:``:
 A transport prefix (``oci:``, ``oci-archive:``, ``docker-archive:``) as in
 skopeo is accepted and forces the format.
 
-Every blob handed out is verified against its descriptor: ``read_bytes``
-checks before returning, and ``open_blob`` returns a reader that raises
+Every blob handed out is verified against its descriptor. ``read_bytes``
+checks before returning. ``open_blob`` returns a reader that raises
 DigestMismatchError or SizeMismatchError at the end of the stream, so a
 consumer that writes through a temporary file never keeps bad content.
 """
@@ -287,9 +287,7 @@ def _read_layout_index(read, name: object) -> dict[str, Any]:
     return parse_json_document(body, f"{name}/index.json")
 
 
-def select_index_entry(
-    index: dict[str, Any], ref: str | None, name: str
-) -> Descriptor:
+def select_index_entry(index: dict[str, Any], ref: str | None, name: str) -> Descriptor:
     """Pick the index.json entry named ``ref``, or the only entry."""
     entries = index.get("manifests")
     if not isinstance(entries, list) or not entries:
@@ -316,7 +314,7 @@ def select_index_entry(
     if len(descriptors) == 1:
         return descriptors[0]
     raise AmbiguousError(
-        f"{name} holds {len(descriptors)} images; select one with {name}:REF, "
+        f"{name} contains {len(descriptors)} images; select one with {name}:REF, "
         f"where REF is one of: {_describe_refs(refs)}",
         [r or "" for r in refs],
     )
@@ -386,7 +384,7 @@ class DockerArchiveSource(ImageSource):
         tags = [entry.get("RepoTags") or [] for entry in entries]
 
         if ref is not None:
-            matches = [e for e, t in zip(entries, tags) if ref in t]
+            matches = [e for e, t in zip(entries, tags) if _names_tag(ref, t)]
             if len(matches) == 1:
                 return matches[0]
             all_tags = ", ".join(t for group in tags for t in group) or "(none)"
@@ -397,7 +395,7 @@ class DockerArchiveSource(ImageSource):
         if len(entries) == 1:
             return entries[0]
         raise AmbiguousError(
-            f"{self.path} holds {len(entries)} images; select one with FILE:REF, "
+            f"{self.path} contains {len(entries)} images; select one with FILE:REF, "
             f"where REF is one of its RepoTags",
             [t for group in tags for t in group],
         )
@@ -472,6 +470,16 @@ class DockerArchiveSource(ImageSource):
             "digest": str(digest),
             "size": size,
         }
+
+
+def _names_tag(ref: str, repo_tags: list[str]) -> bool:
+    """Tell whether ``ref`` names one of ``repo_tags``, short names included.
+
+    Docker and skopeo store fully qualified names (``docker.io/library/x:1``)
+    in RepoTags, while users write the short form (``x:1``).
+    """
+    candidates = {ref, f"docker.io/{ref}", f"docker.io/library/{ref}"}
+    return any(tag in candidates for tag in repo_tags)
 
 
 class _Rejoined(io.RawIOBase):
@@ -589,11 +597,15 @@ def parse_source_spec(
 
     if os.path.exists(text):
         return transport, Path(text), None
-    path_text, sep, ref = text.rpartition(":")
-    if sep and path_text and os.path.exists(path_text):
-        if not ref:
-            raise UsageError(f"invalid source {text!r}: empty reference after ':'")
-        return transport, Path(path_text), ref
+    # The reference may contain ':' itself (a RepoTag such as app:latest), so
+    # the path is the longest prefix before a ':' that exists.
+    colons = [i for i, character in enumerate(text) if character == ":"]
+    for position in reversed(colons):
+        path_text, ref = text[:position], text[position + 1 :]
+        if path_text and os.path.exists(path_text):
+            if not ref:
+                raise UsageError(f"invalid source {text!r}: empty reference after ':'")
+            return transport, Path(path_text), ref
     raise NotFoundError(
         f"source {os.fspath(spec)!r} not found: expected an OCI layout directory "
         f"or an oci-archive/docker-archive tar file, optionally followed by :REF"
@@ -615,6 +627,6 @@ def _detect_transport(path: Path) -> str:
     if "manifest.json" in names:
         return "docker-archive"
     raise UsageError(
-        f"tar file {path} holds neither oci-layout nor manifest.json, so it is "
+        f"tar file {path} contains neither oci-layout nor manifest.json, so it is "
         f"not an oci-archive or docker-archive"
     )

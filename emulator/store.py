@@ -1,6 +1,6 @@
 """The emulated store: a SQLite metadata database plus a filesystem blob store.
 
-A store directory holds ``metadata.sqlite3`` with the artifact manager's
+A store directory contains ``metadata.sqlite3`` with the artifact manager's
 tables and ``storage/<repository key>/``, the ``storage_path`` of each
 repository. Objects are addressed by storage key the way the real filesystem
 backend does it: a key containing ``/`` is a relative path under
@@ -183,9 +183,9 @@ class EmulatorStore:
     ) -> Path:
         """Write an object atomically: into a temporary file, then rename.
 
-        ``source`` is bytes or a readable stream; a stream that raises while
-        being read (for example on a digest mismatch) leaves no file behind,
-        neither the temporary file nor the destination.
+        ``source`` is bytes or a readable stream. When reading the stream
+        raises (for example on a digest mismatch), neither the temporary file
+        nor the destination remains.
         """
         destination = self.object_path(repository, key)
         destination.parent.mkdir(parents=True, exist_ok=True)
