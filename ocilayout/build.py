@@ -47,6 +47,8 @@ class BuildResult:
     ref_name: str
     chain: list[str]
     placements: list[Placement]
+    shape: str = "scan"
+    referrers: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -72,7 +74,9 @@ class BuildResult:
             "media_type": self.media_type,
             "platform": self.platform.to_json() if self.platform else None,
             "ref_name": self.ref_name,
+            "shape": self.shape,
             "resolution_chain": self.chain,
+            "referrers": self.referrers,
             "blobs": [
                 {
                     "digest": p.digest,
@@ -98,20 +102,26 @@ def build_layout(
     image: str | None = None,
     tag: str | None = None,
     repo: str | None = None,
-    platform: str | Platform | None = None,
+    platform: str | Platform | list | tuple | None = None,
+    shape: str = "scan",
+    referrers: bool = False,
     ref_name: str | None = None,
     link: str = "auto",
     workers: int | None = None,
     sync: bool = True,
     progress: ProgressFn | None = None,
 ) -> BuildResult:
-    """Build a verified single-image OCI layout at ``output``.
+    """Build a verified OCI image layout at ``output``.
 
     ``store`` is an emulator store directory or any MetadataSource. The image
-    is named by ``digest`` or by ``image`` and ``tag``; an index resolves to
-    one platform child. The layout appears at ``output`` only when complete,
-    and the store is only read. Raises an OCILayoutError subclass whose
-    ``exit_code`` tells the failure class.
+    is named by ``digest`` or by ``image`` and ``tag``. With ``shape="scan"``
+    an index resolves to one platform child and ``index.json`` holds that one
+    manifest; with ``shape="full"`` the layout holds the stored index and
+    every child the store has (only the listed platforms when ``platform`` is
+    given). ``referrers`` adds manifests whose subject is a placed manifest.
+    The layout appears at ``output`` only when complete, and the store is only
+    read. Raises an OCILayoutError subclass whose ``exit_code`` tells the
+    failure class.
     """
     started = time.monotonic()
     request = Request(
@@ -119,7 +129,9 @@ def build_layout(
         image=image,
         tag=tag,
         repo=repo,
-        platform=parse_platform(platform) if isinstance(platform, str) else platform,
+        platforms=_as_platforms(platform),
+        shape=shape,
+        referrers=referrers,
     )
     source, owned = _open_source(store)
     try:
@@ -132,7 +144,8 @@ def build_layout(
     ref = _choose_ref_name(ref_name, plan, warnings)
     with LayoutWriter(output, sync=sync) as writer:
         placements, skipped = _place_all(plan, writer, link, workers, progress)
-        write_blob_bytes(plan.manifest_body, writer.blob_path(plan.manifest_digest))
+        for body_digest, body in plan.bodies.items():
+            write_blob_bytes(body, writer.blob_path(body_digest))
         writer.commit(_index_document(plan, ref))
 
     writable = [p.digest for p in placements if p.store_writable]
@@ -146,16 +159,19 @@ def build_layout(
             f"non-distributable layer {digest_text} is not in the store and was "
             "left out; it is never fetched from its URLs"
         )
+    warnings.extend(plan.notes)
     return BuildResult(
         output=writer.output,
         repository=plan.repository.key,
         requested_digest=str(plan.requested),
-        manifest_digest=str(plan.manifest_digest),
-        media_type=plan.manifest.media_type,
+        manifest_digest=str(plan.top_digest),
+        media_type=plan.top_media_type,
         platform=plan.platform,
         ref_name=ref,
         chain=[str(d) for d in plan.chain],
         placements=placements,
+        shape=shape,
+        referrers=[entry["digest"] for entry in plan.entries[1:]],
         skipped=skipped,
         warnings=warnings,
         seconds=time.monotonic() - started,
@@ -186,6 +202,16 @@ def temporary_layout(
         yield build_layout(store, os.path.join(parent, "layout"), **options)
     finally:
         shutil.rmtree(parent, ignore_errors=True)
+
+
+def _as_platforms(value) -> tuple[Platform, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (str, Platform)):
+        value = [value]
+    return tuple(
+        parse_platform(item) if isinstance(item, str) else item for item in value
+    )
 
 
 def _as_digest(value: str | Digest | None) -> Digest | None:
@@ -222,18 +248,12 @@ def _choose_ref_name(explicit: str | None, plan: Plan, warnings: list[str]) -> s
 
 
 def _index_document(plan: Plan, ref: str) -> dict:
-    descriptor: dict = {
-        "mediaType": plan.manifest.media_type,
-        "digest": str(plan.manifest_digest),
-        "size": len(plan.manifest_body),
-    }
-    if plan.platform is not None:
-        descriptor["platform"] = plan.platform.to_json()
-    descriptor["annotations"] = {REF_NAME_ANNOTATION: ref}
+    entries = [dict(entry) for entry in plan.entries]
+    entries[0]["annotations"] = {REF_NAME_ANNOTATION: ref}
     return {
         "schemaVersion": 2,
         "mediaType": mt.OCI_INDEX,
-        "manifests": [descriptor],
+        "manifests": entries,
     }
 
 

@@ -51,6 +51,11 @@ _HINTS: list[tuple[type, str]] = [
 ]
 
 
+class Shape(str, Enum):
+    scan = "scan"
+    full = "full"
+
+
 class Link(str, Enum):
     auto = "auto"
     hardlink = "hardlink"
@@ -145,7 +150,9 @@ def build(
     image: Optional[str] = typer.Option(None, "--image", help="Image name, used with --tag."),
     tag: Optional[str] = typer.Option(None, "--tag", help="Tag (or digest reference) of --image."),
     repo: Optional[str] = typer.Option(None, "--repo", help="Repository key; optional when the image is in one repository only."),
-    platform: Optional[str] = typer.Option(None, "--platform", help="os/arch[/variant] to pick from an index; default: the host's."),
+    platform: Optional[list[str]] = typer.Option(None, "--platform", help="os/arch[/variant] to pick from an index; default: the host's. Repeat with --shape full."),
+    shape: Shape = typer.Option(Shape.scan, "--shape", help="scan: one image manifest in index.json; full: the stored index with every child."),
+    referrers: bool = typer.Option(False, "--referrers", help="Also place signatures, SBOMs and attestations whose subject is a placed manifest."),
     ref: Optional[str] = typer.Option(None, "--ref", help="org.opencontainers.image.ref.name for the layout; default: the tag."),
     link: Link = typer.Option(Link.auto, "--link", help="Blob placement: auto tries hardlink, then reflink, then copy."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Blobs verified in parallel; default: CPU count."),
@@ -168,7 +175,9 @@ def build(
             image=image,
             tag=tag,
             repo=repo,
-            platform=platform,
+            platform=platform or None,
+            shape=shape.value,
+            referrers=referrers,
             ref_name=ref,
             link=link.value,
             workers=workers,
@@ -193,7 +202,8 @@ def build(
         f"{count} {method}" for method, count in result.to_json()["placement_methods"].items()
     )
     typer.echo(f"built {result.output}")
-    typer.echo(f"  manifest {result.manifest_digest} ({result.platform or 'no platform'})")
+    kind = "index" if result.shape == "full" else "manifest"
+    typer.echo(f"  {kind:8} {result.manifest_digest} ({result.platform or 'no platform'})")
     typer.echo(f"  blobs    {len(result.placements)} placed ({methods})")
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)

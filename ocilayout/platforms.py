@@ -6,7 +6,7 @@ import platform as _platform
 import re
 
 from . import mediatypes as mt
-from .errors import NotFoundError, UsageError
+from .errors import UsageError
 from .manifest import Descriptor, Platform
 
 # Python's machine names mapped to the OCI architecture spelling.
@@ -98,40 +98,39 @@ def is_attestation(child: Descriptor) -> bool:
     return child.media_type not in mt.MANIFEST_TYPES | mt.INDEX_TYPES
 
 
-def choose_child(
-    children: tuple[Descriptor, ...],
-    wanted: Platform | None,
-    where: str,
-) -> Descriptor:
-    """Pick the child of an index to build, in index order.
+def rank_children(
+    children: tuple[Descriptor, ...], wanted: Platform | None
+) -> list[Descriptor]:
+    """Order the children of an index that may be chosen, best first.
 
-    With an explicit ``wanted`` platform only a matching child is accepted.
-    Without one, the host platform is preferred, then any linux child, then
-    the first runnable child. Attestations are never chosen.
+    Attestations are never candidates. A nested index without a platform is
+    a candidate wherever it stands, because its own children decide. With an
+    explicit ``wanted`` platform only matching children are returned; without
+    one, children for the host platform come first, then other linux
+    children, then the rest, each group in index order.
     """
     runnable = [child for child in children if not is_attestation(child)]
-    if not runnable:
-        raise NotFoundError(
-            f"{where} has no runnable child: its {len(children)} children are "
-            "attestations or artifacts"
-        )
+
+    def open_index(child: Descriptor) -> bool:
+        return child.platform is None and child.media_type in mt.INDEX_TYPES
+
     if wanted is not None:
-        for child in runnable:
-            if child.platform is not None and matches(wanted, child.platform):
-                return child
-        raise NotFoundError(
-            f"{where} has no child for platform {wanted}; it offers: "
-            + ", ".join(describe_platforms(runnable))
-        )
+        return [
+            child for child in runnable
+            if open_index(child)
+            or (child.platform is not None and matches(wanted, child.platform))
+        ]
     host = host_platform()
-    for accept in (
-        lambda p: matches(host, p),
-        lambda p: p.os == "linux",
-    ):
-        for child in runnable:
-            if child.platform is not None and accept(child.platform):
-                return child
-    return runnable[0]
+    tiers: list[list[Descriptor]] = [[], [], []]
+    for child in runnable:
+        platform = child.platform
+        if open_index(child) or (platform is not None and matches(host, platform)):
+            tiers[0].append(child)
+        elif platform is not None and platform.os == "linux":
+            tiers[1].append(child)
+        else:
+            tiers[2].append(child)
+    return tiers[0] + tiers[1] + tiers[2]
 
 
 def describe_platforms(children: list[Descriptor]) -> list[str]:

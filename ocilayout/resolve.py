@@ -1,15 +1,17 @@
-"""Resolution: from a digest or tag to one image manifest and its blobs.
+"""Resolution: from a digest or tag to the manifests and blobs a layout needs.
 
 Resolution reads only metadata and manifest bodies. It checks that each body
-hashes to its digest, that the body and the ``manifest_blob_refs`` rows agree,
-and returns a plan naming every blob the layout needs and where it is stored.
+hashes to its digest, that each image manifest and its ``manifest_blob_refs``
+rows agree, and returns a plan naming every body and blob to place and where
+the store keeps it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import mediatypes as mt
 from .digest import Digest, parse_digest
@@ -18,12 +20,11 @@ from .errors import (
     DigestMismatchError,
     IntegrityError,
     InvalidContentError,
-    NotAnImageError,
-    UnsupportedManifestError,
     MetadataMissingError,
+    NotAnImageError,
     NotFoundError,
-    OCILayoutError,
     SizeMismatchError,
+    UnsupportedManifestError,
     UsageError,
 )
 from .manifest import (
@@ -37,7 +38,7 @@ from .manifest import (
     platform_from_config,
     sniff_media_type,
 )
-from .platforms import choose_child
+from .platforms import describe_platforms, is_attestation, matches, rank_children
 from .store import MetadataSource, Repository, open_blob
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 # Indexes nest in practice at most twice (buildx wraps a single platform with
 # provenance in an index); the bound only has to stop hostile chains.
 MAX_INDEX_DEPTH = 8
+
+SHAPES = ("scan", "full")
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,9 @@ class Request:
     image: str | None = None
     tag: str | None = None
     repo: str | None = None
-    platform: Platform | None = None
+    platforms: tuple[Platform, ...] = ()
+    shape: str = "scan"
+    referrers: bool = False
 
     def describe(self) -> str:
         if self.digest is not None:
@@ -77,66 +82,371 @@ class PlannedBlob:
 
 
 @dataclass(frozen=True)
+class StoredBody:
+    """A manifest or index body read from the store and verified."""
+
+    digest: Digest
+    media_type: str
+    data: bytes
+    document: dict
+
+
+@dataclass
 class Plan:
+    """Everything a layout needs: index.json entries, bodies and blobs.
+
+    ``entries[0]`` is the image (scan shape) or the top index (full shape);
+    further entries are referrers. ``manifest`` and ``platform`` describe the
+    chosen image manifest in the scan shape and are None in the full shape.
+    """
+
     repository: Repository
     requested: Digest
-    chain: tuple[Digest, ...]
-    manifest_digest: Digest
-    manifest_body: bytes
-    manifest: Manifest
-    platform: Platform | None
-    blobs: tuple[PlannedBlob, ...]
+    chain: list[Digest]
     image: str | None
     tag: str | None
-    config: dict
+    entries: list[dict]
+    bodies: dict[Digest, bytes] = field(default_factory=dict)
+    blobs: list[PlannedBlob] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    manifest: Manifest | None = None
+    platform: Platform | None = None
+
+    @property
+    def top_digest(self) -> Digest:
+        return parse_digest(self.entries[0]["digest"])
+
+    @property
+    def top_media_type(self) -> str:
+        return self.entries[0]["mediaType"]
 
 
 def resolve(source: MetadataSource, request: Request) -> Plan:
     """Resolve ``request`` against ``source`` into a Plan, reading bodies only."""
+    if request.shape not in SHAPES:
+        raise UsageError(
+            f"invalid shape {request.shape!r}: use one of {', '.join(SHAPES)}"
+        )
     repo, digest, image, tag = _locate(source, request)
-    chain: list[Digest] = []
-    descriptor_platform: Platform | None = None
-    media_hint: str | None = None
-    seen: set[Digest] = set()
-    while True:
-        if len(chain) >= MAX_INDEX_DEPTH:
-            raise InvalidContentError(
-                f"index chain from {request.describe()} is deeper than "
-                f"{MAX_INDEX_DEPTH} levels: {' -> '.join(map(str, chain))}"
-            )
-        if digest in seen:
-            raise InvalidContentError(
-                f"index cycle at {digest}: {' -> '.join(map(str, chain))}"
-            )
-        seen.add(digest)
-        chain.append(digest)
-        body, media_type, parsed = _load_body(source, repo, digest, media_hint)
-        if media_type in mt.INDEX_TYPES:
-            index = parse_index(parsed, media_type, f"index {digest}")
-            child = choose_child(index.manifests, request.platform, f"index {digest}")
-            log.debug("index %s: chose %s (%s)", digest, child.digest, child.platform)
-            descriptor_platform = child.platform or descriptor_platform
-            digest, media_hint = child.digest, child.media_type
-            continue
-        manifest = parse_manifest(parsed, media_type, f"manifest {digest}")
-        break
+    resolver = _Resolver(source, repo)
+    if request.shape == "scan":
+        plan = resolver.scan_plan(digest, request)
+    else:
+        plan = resolver.full_plan(digest, request)
+    plan.image, plan.tag = image, tag
+    if request.referrers:
+        resolver.add_referrers(plan)
+    return plan
 
-    blobs = _plan_blobs(source, repo, digest, manifest)
-    config = _load_config(repo, blobs[0])
-    platform = descriptor_platform or platform_from_config(config)
-    return Plan(
-        repository=repo,
-        requested=chain[0],
-        chain=tuple(chain),
-        manifest_digest=digest,
-        manifest_body=body,
-        manifest=manifest,
-        platform=platform,
-        blobs=blobs,
-        image=image,
-        tag=tag,
-        config=config,
-    )
+
+class _Resolver:
+    def __init__(self, source: MetadataSource, repo: Repository):
+        self.source = source
+        self.repo = repo
+        self._bodies: dict[Digest, StoredBody] = {}
+
+    # Scan shape: one image manifest.
+
+    def scan_plan(self, digest: Digest, request: Request) -> Plan:
+        wanted = request.platforms[0] if request.platforms else None
+        if len(request.platforms) > 1:
+            raise UsageError(
+                "the scan shape holds one image: give at most one --platform"
+            )
+        chain: list[Digest] = []
+        body = self.body(digest, None)
+        descriptor_platform = None
+        if body.media_type in mt.INDEX_TYPES:
+            child, chain = self._choose(body, wanted, [], 0)
+            descriptor_platform = child.platform
+            body = self.body(child.digest, child.media_type)
+        chain.append(body.digest)
+        manifest = self.image_manifest(body)
+        blobs = self.image_blobs(body.digest, manifest)
+        config = self._config(blobs[0])
+        platform = descriptor_platform or platform_from_config(config)
+        entry = _descriptor(body, platform)
+        plan = Plan(
+            repository=self.repo, requested=chain[0], chain=chain, image=None,
+            tag=None, entries=[entry], manifest=manifest, platform=platform,
+        )
+        plan.bodies[body.digest] = body.data
+        plan.blobs.extend(blobs)
+        return plan
+
+    def _choose(
+        self,
+        index_body: StoredBody,
+        wanted: Platform | None,
+        chain: list[Digest],
+        depth: int,
+    ) -> tuple[Descriptor, list[Digest]]:
+        """Pick an image manifest under an index, following nested indexes."""
+        chain = self._enter(index_body.digest, chain, depth)
+        index = parse_index(index_body.document, index_body.media_type,
+                            f"index {index_body.digest}")
+        offered: list[str] = []
+        candidates = rank_children(index.manifests, wanted)
+        for child in candidates:
+            if child.media_type not in mt.INDEX_TYPES:
+                log.debug("index %s: chose %s (%s)", index_body.digest,
+                          child.digest, child.platform)
+                return child, chain
+            nested = self.body(child.digest, child.media_type)
+            try:
+                found, nested_chain = self._choose(nested, wanted, chain, depth + 1)
+            except NotFoundError as exc:
+                offered.append(str(exc))
+                continue
+            if found.platform is None and child.platform is not None:
+                found = _with_platform(found, child.platform)
+            return found, nested_chain
+        runnable = [c for c in index.manifests if not is_attestation(c)]
+        if not runnable:
+            raise NotFoundError(
+                f"index {index_body.digest} has no runnable child: its "
+                f"{len(index.manifests)} children are attestations or artifacts"
+            )
+        offers = ", ".join(describe_platforms(runnable))
+        raise NotFoundError(
+            f"index {index_body.digest} has no child for platform {wanted}; "
+            f"it offers: {offers}"
+        )
+
+    def _enter(self, digest: Digest, chain: list[Digest], depth: int) -> list[Digest]:
+        if digest in chain:
+            path = " -> ".join(map(str, chain + [digest]))
+            raise InvalidContentError(f"index cycle: {path}")
+        if depth >= MAX_INDEX_DEPTH:
+            raise InvalidContentError(
+                f"indexes nest deeper than {MAX_INDEX_DEPTH} levels at {digest}"
+            )
+        return chain + [digest]
+
+    # Full shape: the stored index and every child the store holds.
+
+    def full_plan(self, digest: Digest, request: Request) -> Plan:
+        top = self.body(digest, None)
+        plan = Plan(
+            repository=self.repo, requested=digest, chain=[digest], image=None,
+            tag=None, entries=[],
+        )
+        if top.media_type not in mt.INDEX_TYPES:
+            manifest = self.image_manifest(top, require_image=False)
+            blobs = self.image_blobs(top.digest, manifest)
+            plan.bodies[top.digest] = top.data
+            plan.blobs.extend(blobs)
+            plan.entries.append(_descriptor(top, None))
+            if request.platforms:
+                plan.notes.append(
+                    f"{digest} is a single manifest, so --platform was ignored"
+                )
+            return plan
+        top = self._filter_platforms(top, request.platforms, plan)
+        self._walk(top, plan, [], 0)
+        plan.entries.append(_descriptor(top, None))
+        return plan
+
+    def _filter_platforms(
+        self, top: StoredBody, platforms: tuple[Platform, ...], plan: Plan
+    ) -> StoredBody:
+        """Keep only the children of the listed platforms and their attestations."""
+        if not platforms:
+            return top
+        index = parse_index(top.document, top.media_type, f"index {top.digest}")
+        kept = [
+            child for child in index.manifests
+            if child.platform is not None
+            and not is_attestation(child)
+            and any(matches(p, child.platform) for p in platforms)
+        ]
+        if not kept:
+            raise NotFoundError(
+                f"index {top.digest} has no child for "
+                f"{', '.join(map(str, platforms))}; it offers: "
+                + ", ".join(describe_platforms(list(index.manifests)))
+            )
+        kept_digests = {str(child.digest) for child in kept}
+        for child in index.manifests:
+            reference = child.annotations.get("vnd.docker.reference.digest")
+            if is_attestation(child) and reference in kept_digests:
+                kept.append(child)
+        document = dict(top.document)
+        document["manifests"] = [child.raw for child in index.manifests
+                                 if child in kept]
+        data = json.dumps(document, separators=(",", ":")).encode()
+        new_digest = Digest.of_bytes(data)
+        plan.notes.append(
+            f"--platform kept {len(document['manifests'])} of "
+            f"{len(index.manifests)} children of index {top.digest}; the "
+            f"layout's index is rewritten as {new_digest}"
+        )
+        return StoredBody(new_digest, top.media_type, data, document)
+
+    def _walk(self, body: StoredBody, plan: Plan, chain: list[Digest],
+              depth: int) -> None:
+        chain = self._enter(body.digest, chain, depth)
+        index = parse_index(body.document, body.media_type, f"index {body.digest}")
+        plan.bodies[body.digest] = body.data
+        for child in index.manifests:
+            try:
+                child_body = self.body(child.digest, child.media_type)
+                if child_body.media_type in mt.INDEX_TYPES:
+                    self._walk(child_body, plan, chain, depth + 1)
+                    continue
+                manifest = self.image_manifest(child_body, require_image=False)
+                blobs = self.image_blobs(child.digest, manifest)
+            except MetadataMissingError as exc:
+                plan.notes.append(f"left out child {child.digest}: {exc}")
+                continue
+            plan.bodies[child_body.digest] = child_body.data
+            plan.blobs.extend(blobs)
+
+    # Referrers: manifests whose subject is a placed manifest.
+
+    def add_referrers(self, plan: Plan) -> None:
+        for subject in list(plan.bodies):
+            for row in self.source.referrers(self.repo, str(subject)):
+                self._add_referrer(plan, subject, row)
+
+    def _add_referrer(self, plan: Plan, subject: Digest, row) -> None:
+        try:
+            digest = parse_digest(row.manifest_digest, "oci_manifest_subjects digest")
+        except UsageError as exc:
+            raise InvalidContentError(str(exc)) from None
+        if digest in plan.bodies:
+            return
+        try:
+            body = self.body(digest, row.media_type)
+            manifest = self.image_manifest(body, require_image=False)
+            if manifest.subject is None or manifest.subject.digest != subject:
+                raise InvalidContentError(
+                    f"referrer {digest} is recorded for subject {subject} but its "
+                    "body names another subject"
+                )
+            blobs = self.image_blobs(digest, manifest)
+        except MetadataMissingError as exc:
+            plan.notes.append(f"left out referrer {digest}: {exc}")
+            return
+        plan.bodies[digest] = body.data
+        plan.blobs.extend(blobs)
+        entry = _descriptor(body, None)
+        if manifest.artifact_type or manifest.config.media_type:
+            entry["artifactType"] = manifest.artifact_type or manifest.config.media_type
+        plan.entries.append(entry)
+
+    # Bodies and blobs.
+
+    def body(self, digest: Digest, media_hint: str | None) -> StoredBody:
+        """Read, verify and parse a stored manifest or index body (cached)."""
+        cached = self._bodies.get(digest)
+        if cached is not None:
+            return cached
+        stored = self.source.manifest(self.repo, str(digest))
+        if stored is None:
+            raise MetadataMissingError(
+                f"manifest body {digest} is not stored in repository {self.repo.key}",
+                reason="manifest-body-missing",
+                digest=str(digest),
+            )
+        data = read_small_blob(self.repo, stored.storage_key, digest, stored.size)
+        where = f"manifest {digest}"
+        document = load_json(data, where)
+        media_type = sniff_media_type(document, where)
+        if media_type in mt.SCHEMA1_TYPES:
+            raise UnsupportedManifestError(
+                f"{where} is a Docker schema 1 manifest, which ocilayout does not "
+                "convert; push the image again with a current client to get schema 2"
+            )
+        _check_declared_type(document, media_type, media_hint, stored.content_type,
+                             where)
+        if media_type not in mt.INDEX_TYPES | mt.MANIFEST_TYPES:
+            raise NotAnImageError(
+                f"{where} has media type {media_type}, which is not an image "
+                "manifest or index: not a container image"
+            )
+        body = StoredBody(digest, media_type, data, document)
+        self._bodies[digest] = body
+        return body
+
+    def image_manifest(self, body: StoredBody, require_image: bool = True) -> Manifest:
+        where = f"manifest {body.digest}"
+        if body.media_type in mt.INDEX_TYPES:
+            raise InvalidContentError(f"{where} is an index where a manifest belongs")
+        manifest = parse_manifest(body.document, body.media_type, where)
+        config = manifest.config
+        if require_image and config.media_type not in mt.IMAGE_CONFIG_TYPES:
+            raise NotAnImageError(
+                f"{where} has config media type {config.media_type}: not a "
+                "container image (it is an artifact such as a Helm chart, "
+                "signature or SBOM)"
+            )
+        return manifest
+
+    def image_blobs(self, digest: Digest, manifest: Manifest) -> list[PlannedBlob]:
+        """Match a manifest's descriptors with its ``manifest_blob_refs`` rows."""
+        where = f"manifest {digest}"
+        rows = self.source.blob_refs(self.repo, str(digest))
+        wanted = [("config", manifest.config)]
+        wanted += [("layer", layer) for layer in manifest.layers]
+        if not rows:
+            raise MetadataMissingError(
+                f"no manifest_blob_refs rows for {where} in repository "
+                f"{self.repo.key}",
+                reason="no-blob-rows",
+                digest=str(digest),
+            )
+        by_key: dict[tuple[str, str], object] = {}
+        for row in rows:
+            key = (row.kind, row.digest)
+            if key in by_key:
+                raise IntegrityError(
+                    f"{where}: duplicate manifest_blob_refs rows for "
+                    f"{row.kind} {row.digest}"
+                )
+            by_key[key] = row
+        planned: list[PlannedBlob] = []
+        used: set[tuple[str, str]] = set()
+        for kind, descriptor in wanted:
+            key = (kind, str(descriptor.digest))
+            row = by_key.get(key)
+            used.add(key)
+            planned.append(self._plan_one(where, kind, descriptor, row))
+        extra = sorted(set(by_key) - used)
+        if extra:
+            listed = ", ".join(f"{kind} {d}" for kind, d in extra)
+            raise IntegrityError(
+                f"{where}: manifest_blob_refs lists blobs the manifest does not: "
+                f"{listed}"
+            )
+        return planned
+
+    def _plan_one(self, where: str, kind: str, descriptor: Descriptor,
+                  row) -> PlannedBlob:
+        if row is None or row.storage_key is None:
+            if kind == "layer" and _may_be_absent(descriptor):
+                return PlannedBlob(descriptor, kind, None)
+            problem = (
+                "no manifest_blob_refs row" if row is None
+                else "no live oci_blobs row (absent or pending deletion)"
+            )
+            raise MetadataMissingError(
+                f"{where}: {problem} for {kind} {descriptor.digest}",
+                reason="blob-row-missing",
+                digest=str(descriptor.digest),
+            )
+        if row.size != descriptor.size:
+            raise IntegrityError(
+                f"{where}: oci_blobs says {kind} {descriptor.digest} is "
+                f"{row.size} bytes but the manifest says {descriptor.size}"
+            )
+        return PlannedBlob(descriptor, kind, row.storage_key)
+
+    def _config(self, config: PlannedBlob) -> dict:
+        data = read_small_blob(
+            self.repo, config.storage_key, config.digest, config.descriptor.size
+        )
+        return load_json(data, f"config {config.digest}")
 
 
 def _locate(
@@ -154,6 +464,9 @@ def _locate(
         candidates = source.repositories_with_manifest(str(request.digest))
     else:
         candidates = source.repositories_with_tag(request.image, request.tag)
+        if not candidates and request.tag.startswith(("sha256:", "sha512:")):
+            parse_digest(request.tag, "tag")
+            candidates = source.repositories_with_manifest(request.tag)
     if not candidates:
         raise NotFoundError(f"manifest {request.describe()} not found in the store")
     if len(candidates) > 1:
@@ -166,116 +479,74 @@ def _locate(
     repo = candidates[0]
     if request.digest is not None:
         return repo, request.digest, request.image, request.tag
+    return (repo, *_lookup_tag(source, repo, request.image, request.tag))
 
-    row = source.tag(repo, request.image, request.tag)
-    reference = request.tag
-    if row is None and reference.startswith(("sha256:", "sha512:")):
+
+def _lookup_tag(
+    source: MetadataSource, repo: Repository, image: str, tag: str
+) -> tuple[Digest, str | None, str | None]:
+    row = source.tag(repo, image, tag)
+    if row is None and tag.startswith(("sha256:", "sha512:")):
         # A digest given as the tag is a digest reference, as in image@digest.
-        return repo, parse_digest(reference, "tag"), request.image, None
+        return parse_digest(tag, "tag"), image, None
     if row is None:
-        raise NotFoundError(
-            f"tag {request.image}:{request.tag} not found in repository {repo.key}"
-        )
+        raise NotFoundError(f"tag {image}:{tag} not found in repository {repo.key}")
     try:
         digest = parse_digest(row.manifest_digest, "oci_tags.manifest_digest")
     except UsageError as exc:
         raise InvalidContentError(
-            f"tag {request.image}:{request.tag} in repository {repo.key}: {exc}"
+            f"tag {image}:{tag} in repository {repo.key}: {exc}"
         ) from None
-    return repo, digest, request.image, request.tag
+    if tag.startswith(("sha256:", "sha512:")):
+        if parse_digest(tag, "tag") != digest:
+            raise InvalidContentError(
+                f"tag row {image}:{tag} in repository {repo.key} points at "
+                f"another digest, {digest}"
+            )
+        return digest, image, None
+    return digest, image, tag
 
 
-def _load_body(
-    source: MetadataSource,
-    repo: Repository,
-    digest: Digest,
+def _check_declared_type(
+    document: dict,
+    media_type: str,
     media_hint: str | None,
-) -> tuple[bytes, str, dict]:
-    """Read, verify and parse a stored manifest or index body."""
-    stored = source.manifest(repo, str(digest))
-    if stored is None:
-        raise MetadataMissingError(
-            f"manifest body {digest} is not stored in repository {repo.key}",
-            reason="manifest-body-missing",
-            digest=str(digest),
-        )
-    data = read_small_blob(repo, stored.storage_key, digest, stored.size)
-    where = f"manifest {digest}"
-    body = load_json(data, where)
-    media_type = sniff_media_type(body, where)
-    if media_type in mt.SCHEMA1_TYPES:
-        raise UnsupportedManifestError(
-            f"{where} is a Docker schema 1 manifest, which ocilayout does not "
-            "convert; push the image again with a current client to get schema 2"
-        )
-    for other, label in ((media_hint, "the index descriptor"),):
-        if other and "mediaType" in body and other != media_type:
+    stored_type: str | None,
+    where: str,
+) -> None:
+    """Reject a body whose own mediaType contradicts what refers to it."""
+    if "mediaType" not in document:
+        return
+    for other, label in ((media_hint, "the index descriptor"),
+                         (stored_type, "the artifacts row")):
+        if other and other != media_type:
             raise InvalidContentError(
                 f"{where} declares mediaType {media_type} but {label} says {other}"
             )
-    if media_type not in mt.INDEX_TYPES | mt.MANIFEST_TYPES:
-        raise NotAnImageError(
-            f"{where} has media type {media_type}, which is not an image "
-            "manifest or index: not a container image"
-        )
-    return data, media_type, body
 
 
-def _plan_blobs(
-    source: MetadataSource,
-    repo: Repository,
-    digest: Digest,
-    manifest: Manifest,
-) -> tuple[PlannedBlob, ...]:
-    """Match the manifest's descriptors with its ``manifest_blob_refs`` rows."""
-    where = f"manifest {digest}"
-    config = manifest.config
-    if config.media_type not in mt.IMAGE_CONFIG_TYPES:
-        raise NotAnImageError(
-            f"{where} has config media type {config.media_type}: not a container "
-            "image (it is an artifact such as a Helm chart, signature or SBOM)"
-        )
-    rows = source.blob_refs(repo, str(digest))
-    if not rows:
-        raise MetadataMissingError(
-            f"no manifest_blob_refs rows for {where} in repository {repo.key}",
-            reason="no-blob-rows",
-            digest=str(digest),
-        )
-    by_key = {(row.kind, row.digest): row for row in rows}
-    wanted = [("config", config)] + [("layer", layer) for layer in manifest.layers]
-    planned = []
-    for kind, descriptor in wanted:
-        row = by_key.pop((kind, str(descriptor.digest)), None)
-        if row is None or row.storage_key is None:
-            if kind == "layer" and descriptor.urls and row is None:
-                planned.append(PlannedBlob(descriptor, kind, None))
-                continue
-            problem = "no manifest_blob_refs row" if row is None else "no live oci_blobs row"
-            raise MetadataMissingError(
-                f"{where}: {problem} for {kind} {descriptor.digest}",
-                reason="blob-row-missing",
-                digest=str(descriptor.digest),
-            )
-        if row.size != descriptor.size:
-            raise IntegrityError(
-                f"{where}: oci_blobs says {kind} {descriptor.digest} is "
-                f"{row.size} bytes but the manifest says {descriptor.size}"
-            )
-        planned.append(PlannedBlob(descriptor, kind, row.storage_key))
-    if by_key:
-        extra = ", ".join(f"{kind} {d}" for kind, d in sorted(by_key))
-        raise IntegrityError(
-            f"{where}: manifest_blob_refs lists blobs the manifest does not: {extra}"
-        )
-    return tuple(planned)
+def _may_be_absent(descriptor: Descriptor) -> bool:
+    """Tell whether a layer may legitimately be missing from the store."""
+    return bool(descriptor.urls) or mt.is_non_distributable(descriptor.media_type)
 
 
-def _load_config(repo: Repository, config: PlannedBlob) -> dict:
-    data = read_small_blob(
-        repo, config.storage_key, config.digest, config.descriptor.size
+def _descriptor(body: StoredBody, platform: Platform | None) -> dict:
+    entry: dict = {
+        "mediaType": body.media_type,
+        "digest": str(body.digest),
+        "size": len(body.data),
+    }
+    if platform is not None:
+        entry["platform"] = platform.to_json()
+    return entry
+
+
+def _with_platform(child: Descriptor, platform: Platform) -> Descriptor:
+    return Descriptor(
+        media_type=child.media_type, digest=child.digest, size=child.size,
+        platform=platform, annotations=child.annotations,
+        artifact_type=child.artifact_type, urls=child.urls, raw=child.raw,
     )
-    return load_json(data, f"config {config.digest}")
 
 
 def read_small_blob(
@@ -305,4 +576,3 @@ def read_small_blob(
     if actual != digest:
         raise DigestMismatchError(str(digest), str(actual), path)
     return data
-

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
-from .errors import MetadataMissingError, NotFoundError, UnsafePathError
+from .errors import MetadataMissingError, UnsafePathError
 
 DATABASE_NAME = "metadata.sqlite3"
 
@@ -130,7 +130,7 @@ class SQLiteMetadata:
             ) from exc
 
     @classmethod
-    def for_store(cls, store_dir: str | os.PathLike[str]) -> "SQLiteMetadata":
+    def for_store(cls, store_dir: str | os.PathLike[str]) -> SQLiteMetadata:
         return cls(Path(store_dir) / DATABASE_NAME)
 
     def _rows(self, sql: str, *params: object) -> list[tuple]:
