@@ -23,7 +23,7 @@ from .manifest import Platform
 from .place import Placement, place_blob, write_blob_bytes
 from .platforms import parse_platform
 from .resolve import Plan, PlannedBlob, Request, resolve
-from .store import MetadataSource, SQLiteMetadata, open_blob
+from .store import MetadataSource, SQLiteMetadata
 
 log = logging.getLogger(__name__)
 
@@ -134,19 +134,20 @@ def build_layout(
         referrers=referrers,
     )
     source, owned = _open_source(store)
+    warnings: list[str] = []
     try:
         plan = resolve(source, request)
+        ref = _choose_ref_name(ref_name, plan, warnings)
+        with LayoutWriter(output, sync=sync) as writer:
+            placements, skipped = _place_all(
+                source, plan, writer, link, workers, progress
+            )
+            for body_digest, body in plan.bodies.items():
+                write_blob_bytes(body, writer.blob_path(body_digest))
+            writer.commit(_index_document(plan, ref))
     finally:
         if owned:
             source.close()
-
-    warnings: list[str] = []
-    ref = _choose_ref_name(ref_name, plan, warnings)
-    with LayoutWriter(output, sync=sync) as writer:
-        placements, skipped = _place_all(plan, writer, link, workers, progress)
-        for body_digest, body in plan.bodies.items():
-            write_blob_bytes(body, writer.blob_path(body_digest))
-        writer.commit(_index_document(plan, ref))
 
     writable = [p.digest for p in placements if p.store_writable]
     if writable:
@@ -262,6 +263,7 @@ class _Cancelled(Exception):
 
 
 def _place_all(
+    source: MetadataSource,
     plan: Plan,
     writer: LayoutWriter,
     link: str,
@@ -290,7 +292,7 @@ def _place_all(
             progress("bytes", count)
 
     def run(blob: PlannedBlob) -> Placement:
-        placement = _place_one(plan, blob, writer, link, tick)
+        placement = _place_one(source, plan, blob, writer, link, tick)
         if progress is not None:
             progress("blob", 1)
         return placement
@@ -310,6 +312,7 @@ def _place_all(
 
 
 def _place_one(
+    source: MetadataSource,
     plan: Plan,
     blob: PlannedBlob,
     writer: LayoutWriter,
@@ -318,7 +321,7 @@ def _place_one(
 ) -> Placement:
     repo = plan.repository
     try:
-        fd, path = open_blob(repo, blob.storage_key)
+        fd, path = source.open_blob(repo, blob.storage_key)
     except FileNotFoundError as exc:
         raise IntegrityError(
             f"{blob.kind} {blob.digest} has a row in repository {repo.key} but "

@@ -39,7 +39,7 @@ from .manifest import (
     sniff_media_type,
 )
 from .platforms import describe_platforms, is_attestation, matches, rank_children
-from .store import MetadataSource, Repository, open_blob
+from .store import MetadataSource, Repository
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +349,9 @@ class _Resolver:
                 reason="manifest-body-missing",
                 digest=str(digest),
             )
-        data = read_small_blob(self.repo, stored.storage_key, digest, stored.size)
+        data = read_small_blob(
+            self.source, self.repo, stored.storage_key, digest, stored.size
+        )
         where = f"manifest {digest}"
         document = load_json(data, where)
         media_type = sniff_media_type(document, where)
@@ -444,7 +446,11 @@ class _Resolver:
 
     def _config(self, config: PlannedBlob) -> dict:
         data = read_small_blob(
-            self.repo, config.storage_key, config.digest, config.descriptor.size
+            self.source,
+            self.repo,
+            config.storage_key,
+            config.digest,
+            config.descriptor.size,
         )
         return load_json(data, f"config {config.digest}")
 
@@ -550,7 +556,7 @@ def _with_platform(child: Descriptor, platform: Platform) -> Descriptor:
 
 
 def read_small_blob(
-    repo: Repository, key: str, digest: Digest, size: int
+    source: MetadataSource, repo: Repository, key: str, digest: Digest, size: int
 ) -> bytes:
     """Read a JSON-sized stored object and verify its size and digest."""
     if size > MAX_BODY_BYTES:
@@ -559,7 +565,7 @@ def read_small_blob(
             f"{MAX_BODY_BYTES} byte limit for JSON bodies"
         )
     try:
-        fd, path = open_blob(repo, key)
+        fd, path = source.open_blob(repo, key)
     except FileNotFoundError as exc:
         raise IntegrityError(
             f"{digest} has a row in repository {repo.key} but its file "

@@ -107,6 +107,14 @@ class MetadataSource(Protocol):
 
     def referrers(self, repo: Repository, subject_digest: str) -> list[Subject]: ...
 
+    def open_blob(self, repo: Repository, key: str) -> tuple[int, str]:
+        """Open a stored object read-only and return (fd, path for messages).
+
+        Raises FileNotFoundError when the object is absent and
+        UnsafePathError when the key or file breaks the storage rules.
+        """
+        ...
+
     def close(self) -> None: ...
 
 
@@ -222,6 +230,9 @@ class SQLiteMetadata:
             subject_digest,
         )
         return [Subject(*row) for row in rows]
+
+    def open_blob(self, repo: Repository, key: str) -> tuple[int, str]:
+        return open_blob(repo, key)
 
     def close(self) -> None:
         self._db.close()
