@@ -22,6 +22,7 @@ from .errors import (
     NotFoundError,
     OCILayoutError,
     OutputError,
+    UsageError,
 )
 
 app = typer.Typer(
@@ -142,6 +143,16 @@ def _install_signal_handlers() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def _platforms(values: list[str] | None, os_version: str | None):
+    from .platforms import parse_platform
+
+    if not values and os_version is None:
+        return None
+    if not values:
+        raise UsageError("--os-version needs --platform, such as windows/amd64")
+    return [parse_platform(value, os_version) for value in values]
+
+
 @app.command()
 def build(
     output: Path = typer.Option(..., "--output", "-o", help="Layout directory to create; it must not exist."),
@@ -151,6 +162,7 @@ def build(
     tag: Optional[str] = typer.Option(None, "--tag", help="Tag (or digest reference) of --image."),
     repo: Optional[str] = typer.Option(None, "--repo", help="Repository key; optional when the image is in one repository only."),
     platform: Optional[list[str]] = typer.Option(None, "--platform", help="os/arch[/variant] to pick from an index; default: the host's. Repeat with --shape full."),
+    os_version: Optional[str] = typer.Option(None, "--os-version", help="Windows os.version the chosen child must have, such as 10.0.17763 (a prefix in whole components matches)."),
     shape: Shape = typer.Option(Shape.scan, "--shape", help="scan: one image manifest in index.json; full: the stored index with every child."),
     referrers: bool = typer.Option(False, "--referrers", help="Also place signatures, SBOMs and attestations whose subject is a placed manifest."),
     ref: Optional[str] = typer.Option(None, "--ref", help="org.opencontainers.image.ref.name for the layout; default: the tag."),
@@ -175,7 +187,7 @@ def build(
             image=image,
             tag=tag,
             repo=repo,
-            platform=platform or None,
+            platform=_platforms(platform, os_version),
             shape=shape.value,
             referrers=referrers,
             ref_name=ref,

@@ -36,7 +36,7 @@ def host_platform() -> Platform:
     return Platform(os="linux", architecture=architecture, variant=variant)
 
 
-def parse_platform(value: str) -> Platform:
+def parse_platform(value: str, os_version: str | None = None) -> Platform:
     """Parse ``os/arch[/variant]``, for example ``linux/arm64/v8``."""
     parts = value.split("/")
     if not 2 <= len(parts) <= 3 or not all(_COMPONENT.match(p) for p in parts):
@@ -48,7 +48,19 @@ def parse_platform(value: str) -> Platform:
         os=parts[0],
         architecture=parts[1],
         variant=parts[2] if len(parts) == 3 else None,
+        os_version=_check_os_version(os_version),
     )
+
+
+def _check_os_version(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not re.match(r"^[0-9]+(\.[0-9]+)*$", value):
+        raise UsageError(
+            f"invalid os.version {value!r}: expected dotted numbers such as "
+            "10.0.17763.1234"
+        )
+    return value
 
 
 def normalize(item: Platform) -> tuple[str, str, str | None]:
@@ -69,13 +81,14 @@ def matches(wanted: Platform, offered: Platform) -> bool:
     Variants compare after normalization, so arm64 equals arm64/v8 and arm
     equals arm/v7. A request without a variant for an architecture that has
     no default variant accepts any variant. An ``os.version`` in the request
-    must equal the offered one.
+    must equal the offered one or be a prefix of it in whole components, so
+    ``10.0.17763`` matches ``10.0.17763.1234``.
     """
     want_os, want_arch, want_variant = normalize(wanted)
     have_os, have_arch, have_variant = normalize(offered)
     if (want_os, want_arch) != (have_os, have_arch):
         return False
-    if wanted.os_version and wanted.os_version != offered.os_version:
+    if wanted.os_version and not _version_prefix(wanted.os_version, offered.os_version):
         return False
     if wanted.os_features and not set(wanted.os_features) <= set(
         offered.os_features
@@ -84,6 +97,13 @@ def matches(wanted: Platform, offered: Platform) -> bool:
     if want_variant is None and wanted.architecture not in ("arm", "arm64"):
         return True
     return want_variant == have_variant
+
+
+def _version_prefix(wanted: str, offered: str | None) -> bool:
+    if not offered:
+        return False
+    want = wanted.split(".")
+    return offered.split(".")[: len(want)] == want
 
 
 def is_attestation(child: Descriptor) -> bool:
