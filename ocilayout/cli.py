@@ -33,8 +33,6 @@ app = typer.Typer(
     help="Build verified OCI image layouts from an artifact manager's store.",
 )
 
-EXIT_USAGE = 2
-
 # One hint per error class, shown under the message on a terminal and in JSON.
 _HINTS: list[tuple[type, str]] = [
     (AmbiguousError, "pass --repo KEY to pick one repository"),

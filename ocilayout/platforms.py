@@ -124,7 +124,7 @@ def rank_children(
     """Order the children of an index that may be chosen, best first.
 
     Attestations are never candidates. A nested index without a platform is
-    a candidate wherever it stands, because its own children decide. With an
+    a candidate wherever it appears, because its own children decide. With an
     explicit ``wanted`` platform only matching children are returned; without
     one, children for the host platform come first, then other linux
     children, then the rest, each group in index order.
