@@ -18,6 +18,8 @@ from emulator.imagegen import ImageResult, host_platform, make_image
 from emulator.push import push
 from emulator.store import EmulatorStore
 
+from .imagefactory import docker_archive
+
 REPOSITORY_KEY = "docker-local"
 IMAGE_NAME = "demo/app"
 MULTI_PLATFORMS = ("linux/amd64", "linux/arm64/v8")
@@ -49,6 +51,17 @@ def real_image_multi(tmp_path_factory) -> ImageResult:
     return make_image(out, platforms=list(MULTI_PLATFORMS), attestation=True)
 
 
+@pytest.fixture(scope="session")
+def docker_archive_single(real_image_single, tmp_path_factory) -> Path:
+    """``real_image_single`` exported by skopeo as a docker-archive tar.
+
+    Its RepoTag is ``demo/app:latest`` (skopeo stores it as
+    ``docker.io/demo/app:latest``).
+    """
+    out = tmp_path_factory.mktemp("docker-archive") / "image.tar"
+    return docker_archive(real_image_single.layout, "latest", out, "demo/app:latest")
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> EmulatorStore:
     """A fresh, empty emulator store."""
@@ -65,6 +78,19 @@ def pushed_single(store, real_image_single) -> PushedImage:
 def pushed_multi(store, real_image_multi) -> PushedImage:
     """The multi-platform index pushed as ``docker-local`` ``demo/app:multi``."""
     return _push(store, real_image_multi, "multi")
+
+
+@pytest.fixture
+def pushed_docker(store, docker_archive_single, real_image_single) -> PushedImage:
+    """The docker-archive pushed as ``demo/app:docker``: a Docker v2 manifest.
+
+    ``source`` is the OCI image the archive was made from, so it lists the
+    same packages; the pushed digest differs from its digest.
+    """
+    digest = push(store, REPOSITORY_KEY, IMAGE_NAME, "docker", docker_archive_single)
+    return PushedImage(
+        store, REPOSITORY_KEY, IMAGE_NAME, "docker", digest, real_image_single
+    )
 
 
 def _push(store: EmulatorStore, image: ImageResult, tag: str) -> PushedImage:

@@ -34,6 +34,8 @@ from ocilayout.errors import (
     UsageError,
 )
 
+from .imagefactory import oci_archive
+
 TABLES = (
     "repositories",
     "artifacts",
@@ -87,15 +89,6 @@ def files_under(root: Path) -> dict[str, bytes]:
         for path in sorted(root.rglob("*"))
         if path.is_file()
     }
-
-
-def skopeo(*args: str) -> None:
-    skopeo_binary = shutil.which("skopeo")
-    assert skopeo_binary, "skopeo is required: install it with 'apt-get install skopeo'"
-    result = subprocess.run(
-        [skopeo_binary, "--insecure-policy", *args], capture_output=True, text=True
-    )
-    assert result.returncode == 0, f"skopeo {' '.join(args)} failed: {result.stderr}"
 
 
 def copy_layout(image: imagegen.ImageResult, tmp_path: Path) -> Path:
@@ -611,8 +604,9 @@ def test_source_not_a_tar(store, tmp_path):
 
 
 def test_oci_archive_keeps_digest(store, real_image_single, tmp_path):
-    archive = tmp_path / "image.tar"
-    skopeo("copy", f"oci:{real_image_single.layout}:latest", f"oci-archive:{archive}")
+    archive = oci_archive(
+        real_image_single.layout, "latest", tmp_path / "image.tar", False
+    )
 
     digest = push(store, "docker-local", "demo/app", "archived", str(archive))
 
@@ -622,12 +616,8 @@ def test_oci_archive_keeps_digest(store, real_image_single, tmp_path):
 
 
 def test_oci_archive_index(store, real_image_multi, tmp_path):
-    archive = tmp_path / "image.tar"
-    skopeo(
-        "copy",
-        "--multi-arch=all",
-        f"oci:{real_image_multi.layout}:latest",
-        f"oci-archive:{archive}:latest",
+    archive = oci_archive(
+        real_image_multi.layout, "latest", tmp_path / "image.tar", True
     )
 
     digest = push(store, "docker-local", "demo/app", "multi", f"oci-archive:{archive}")
@@ -636,19 +626,13 @@ def test_oci_archive_index(store, real_image_multi, tmp_path):
     assert len(rows(store, "SELECT * FROM oci_manifest_refs")) == 4
 
 
-def test_docker_archive_becomes_docker_v2(store, real_image_single, tmp_path):
-    archive = tmp_path / "image.tar"
-    skopeo(
-        "copy",
-        f"oci:{real_image_single.layout}:latest",
-        f"docker-archive:{archive}:demo/app:latest",
-    )
+def test_docker_archive_becomes_docker_v2(pushed_docker, real_image_single):
+    store, digest = pushed_docker.store, pushed_docker.digest
     original = read_layout_json(real_image_single.layout, real_image_single.digest)
     original_config = read_layout_json(
         real_image_single.layout, original["config"]["digest"]
     )
 
-    digest = push(store, "docker-local", "demo/app", "docker", str(archive))
     manifest_path = stored_file(store, "docker-local", f"oci-manifests/{digest}")
     manifest = json.loads(manifest_path.read_bytes())
     config_path = stored_file(
@@ -672,48 +656,63 @@ def test_docker_archive_becomes_docker_v2(store, real_image_single, tmp_path):
         assert "sha256:" + hashlib.sha256(plain).hexdigest() == diff_id
 
 
-def test_docker_archive_push_is_deterministic(store, real_image_single, tmp_path):
-    archive = tmp_path / "image.tar"
-    skopeo(
-        "copy",
-        f"oci:{real_image_single.layout}:latest",
-        f"docker-archive:{archive}:demo/app:latest",
+def test_docker_archive_push_is_deterministic(store, docker_archive_single):
+    first = push(store, "docker-local", "demo/app", "a", str(docker_archive_single))
+    second = push(
+        store,
+        "docker-local",
+        "demo/app",
+        "b",
+        f"{docker_archive_single}:demo/app:latest",
     )
-
-    first = push(store, "docker-local", "demo/app", "a", str(archive))
-    second = push(store, "docker-local", "demo/app", "b", f"{archive}:demo/app:latest")
 
     assert first == second
 
 
-def test_docker_archive_unknown_repotag(store, real_image_single, tmp_path):
-    archive = tmp_path / "image.tar"
-    skopeo(
-        "copy",
-        f"oci:{real_image_single.layout}:latest",
-        f"docker-archive:{archive}:demo/app:latest",
-    )
-
+def test_docker_archive_unknown_repotag(store, docker_archive_single):
     with pytest.raises(NotFoundError) as caught:
-        push(store, "docker-local", "demo/app", "a", f"{archive}:other:tag")
+        push(store, "docker-local", "demo/app", "a", f"{docker_archive_single}:x:1")
     assert "demo/app:latest" in str(caught.value)
 
 
-def test_docker_archive_tampered_layer(store, real_image_single, tmp_path):
-    archive = tmp_path / "image.tar"
-    skopeo(
-        "copy",
-        f"oci:{real_image_single.layout}:latest",
-        f"docker-archive:{archive}:demo/app:latest",
-    )
+def test_docker_archive_tampered_layer(store, docker_archive_single, tmp_path):
     tampered = tmp_path / "tampered.tar"
-    _rewrite_first_layer(archive, tampered)
+    _rewrite_first_layer(docker_archive_single, tampered)
 
     with pytest.raises(DigestMismatchError) as caught:
         push(store, "docker-local", "demo/app", "a", str(tampered))
 
     assert "uncompressed" in caught.value.path
     assert rows(store, "SELECT * FROM oci_blobs") == []
+
+
+def test_docker_manifest_list_pushed(store, real_image_multi, tmp_path):
+    layout = copy_layout(real_image_multi, tmp_path)
+    index = read_layout_json(layout, real_image_multi.digest)
+    manifest_list = {
+        "schemaVersion": 2,
+        "mediaType": mediatypes.DOCKER_LIST,
+        "manifests": index["manifests"][:2],
+    }
+    writer = imagegen.LayoutWriter(layout)
+    descriptor = writer.add_json(mediatypes.DOCKER_LIST, manifest_list)
+    writer.set_ref(descriptor, "list")
+
+    digest = push(store, "docker-local", "demo/app", "list", f"{layout}:list")
+    (tag,) = rows(store, "SELECT * FROM oci_tags WHERE tag = 'list'")
+    children = rows(
+        store, "SELECT * FROM oci_manifest_refs WHERE parent_digest = ?", digest
+    )
+
+    assert digest == descriptor["digest"]
+    assert tag["manifest_content_type"] == mediatypes.DOCKER_LIST
+    assert len(children) == 2
+    assert (
+        rows(
+            store, "SELECT * FROM manifest_blob_refs WHERE manifest_digest = ?", digest
+        )
+        == []
+    )
 
 
 def _rewrite_first_layer(archive: Path, output: Path) -> None:
@@ -730,15 +729,8 @@ def _rewrite_first_layer(archive: Path, output: Path) -> None:
                 target.addfile(member, io.BytesIO(data) if data is not None else None)
 
 
-def test_open_source_is_context_manager(real_image_single, tmp_path):
-    archive = tmp_path / "image.tar"
-    skopeo(
-        "copy",
-        f"oci:{real_image_single.layout}:latest",
-        f"docker-archive:{archive}:demo/app:latest",
-    )
-
-    with open_source(f"docker-archive:{archive}") as source:
+def test_open_source_is_context_manager(docker_archive_single):
+    with open_source(f"docker-archive:{docker_archive_single}") as source:
         spool = source._spool
         assert spool.is_dir()
         assert source.root.media_type == mediatypes.DOCKER_MANIFEST
