@@ -84,9 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add a buildx-style SBOM attestation manifest per platform",
     )
-    make.add_argument("--size", choices=sorted(DEBIAN_PACKAGES), default="small")
-    make.add_argument("--ref", default="latest", help="ref name in index.json")
-    make.add_argument("--compression", choices=COMPRESSIONS, default="gzip")
+    make.add_argument(
+        "--size",
+        choices=sorted(DEBIAN_PACKAGES),
+        default="small",
+        help="package set: small (2 debs, 2 wheels) or demo (8 debs, 5 wheels)",
+    )
+    make.add_argument(
+        "--ref", default="latest", help="ref name of the image in index.json"
+    )
+    make.add_argument(
+        "--compression",
+        choices=COMPRESSIONS,
+        default="gzip",
+        help="layer compression; tar means uncompressed",
+    )
     return parser
 
 

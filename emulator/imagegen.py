@@ -11,6 +11,9 @@ The images hold real software so that scanners find real packages in them:
 - layer 3: ``/etc/ocilayout-platform``, a one-line marker naming the
   platform, so each platform's image has a digest of its own.
 
+Every platform gets the same packages, those of the machine's own
+architecture; only the config and the marker layer differ between platforms.
+
 Downloads are cached in ``$OCILAYOUT_CACHE_DIR``, by default
 ``<repository>/.cache/ocilayout-demo``, so only the first run needs the
 package registries. Layers are deterministic: entries sorted, owner root,

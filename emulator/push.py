@@ -72,7 +72,8 @@ def push(
     blob missing from the source raises NotFoundError, unless
     ``allow_partial`` is true: then it is skipped while the rows that
     reference it are still written, which yields the incomplete stores that
-    tests need. Non-distributable layers may always be absent.
+    tests need. Non-distributable layers may always be absent. The
+    repository is created first, so it remains when the push fails.
     """
     _check_image_name(image)
     if tag is not None:
@@ -187,7 +188,10 @@ class _Pusher:
         if digest in self.plan.blobs:
             return
         if not self.source.has_blob(blob.digest):
-            if not mediatypes.is_non_distributable(blob.media_type):
+            # A registry accepts manifests whose non-distributable layers
+            # (foreign media types, or descriptors with urls) it never received.
+            foreign = mediatypes.is_non_distributable(blob.media_type)
+            if not (foreign or blob.raw.get("urls")):
                 self._missing("blob", blob, manifest_digest)
             return
 
@@ -238,7 +242,7 @@ def _media_type_of(
     if declared is not None and declared != descriptor.media_type:
         raise InvalidContentError(
             f"manifest {descriptor.digest} in {source_name} declares mediaType "
-            f"{declared!r} but its descriptor says {descriptor.media_type!r}"
+            f"{declared!r} but its descriptor has {descriptor.media_type!r}"
         )
     return descriptor.media_type
 

@@ -72,7 +72,10 @@ class Descriptor:
             raise InvalidContentError(
                 f"descriptor in {where} has invalid size {size!r}"
             )
-        digest = parse_digest(value.get("digest"), f"descriptor digest in {where}")
+        try:
+            digest = parse_digest(value.get("digest"), f"descriptor digest in {where}")
+        except UsageError as exc:
+            raise InvalidContentError(str(exc)) from exc
         return cls(media_type, digest, size, dict(value))
 
     @property
@@ -257,7 +260,7 @@ class OciArchiveSource(ImageSource):
 
     def _has(self, digest: Digest) -> bool:
         member = self._members.get(self._member_name(digest))
-        return member is not None and member.isfile()
+        return member is not None and (member.isfile() or member.islnk())
 
     def _open_raw(self, digest: Digest) -> BinaryIO:
         return self._tar.extractfile(self._members[self._member_name(digest)])
@@ -555,7 +558,10 @@ def _diff_ids(config_body: bytes, where: str) -> list[Digest]:
     values = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if not isinstance(values, list):
         raise InvalidContentError(f"config {where} has no rootfs.diff_ids list")
-    return [parse_digest(value, f"diff_id in {where}") for value in values]
+    try:
+        return [parse_digest(value, f"diff_id in {where}") for value in values]
+    except UsageError as exc:
+        raise InvalidContentError(str(exc)) from exc
 
 
 def _hash_file(path: Path) -> tuple[Digest, int]:
