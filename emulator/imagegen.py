@@ -274,7 +274,7 @@ def _download_into(folder: Path, command: list[str], pattern: str) -> None:
 def unpack_debs(debs: Sequence[Path], root: Path) -> list[Package]:
     """Unpack .deb files into ``root`` and write the dpkg database for them."""
     info = root / "var/lib/dpkg/info"
-    info.mkdir(parents=True, exist_ok=True)
+    _ensure_directory(info)
     statuses = []
     packages = []
     for deb in debs:
@@ -286,18 +286,35 @@ def unpack_debs(debs: Sequence[Path], root: Path) -> list[Package]:
         if fields.get("Multi-Arch") == "same":
             info_name = f"{name}:{fields['Architecture']}"
 
-        (info / f"{info_name}.list").write_text(_file_list(deb))
+        _write_file(info / f"{info_name}.list", _file_list(deb).encode())
         for part in ("md5sums", "conffiles"):
             if part in control:
-                (info / f"{info_name}.{part}").write_bytes(control[part])
+                _write_file(info / f"{info_name}.{part}", control[part])
         statuses.append((name, _status_entry(fields, control, root)))
         packages.append(
             Package("deb", name, fields["Version"], fields.get("Architecture", "all"))
         )
 
     status = "\n".join(entry for _, entry in sorted(statuses))
-    (root / "var/lib/dpkg/status").write_text(status)
+    _write_file(root / "var/lib/dpkg/status", status.encode())
     return packages
+
+
+def _ensure_directory(path: Path) -> None:
+    """Create ``path`` and missing parents with mode 0755, whatever the umask."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir()
+        folder.chmod(0o755)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    _ensure_directory(path.parent)
+    path.write_bytes(data)
+    path.chmod(0o644)
 
 
 def _run(command: list[str]) -> bytes:
@@ -367,7 +384,7 @@ def _status_entry(fields: dict[str, str], control: dict[str, bytes], root: Path)
 def unpack_wheels(wheels: Sequence[Path], root: Path) -> list[Package]:
     """Unpack wheels into ``root/usr/lib/python3/dist-packages``."""
     site = root / PYTHON_SITE
-    site.mkdir(parents=True, exist_ok=True)
+    _ensure_directory(site)
     packages = []
     for wheel in wheels:
         with zipfile.ZipFile(wheel) as archive:
@@ -393,10 +410,7 @@ def _extract_wheel_entry(
             return
         parts = parts[2:]
 
-    target = site.joinpath(*parts)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(archive.read(entry))
-    target.chmod(0o644)
+    _write_file(site.joinpath(*parts), archive.read(entry))
 
 
 # Layers
@@ -659,13 +673,7 @@ def tar_directory_from_files(files: dict[str, bytes]) -> bytes:
     with tempfile.TemporaryDirectory(prefix="ocilayout-imagegen-") as scratch:
         root = Path(scratch)
         for name, data in files.items():
-            target = root / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-            target.chmod(0o644)
-        for folder in [root, *root.rglob("*")]:
-            if folder.is_dir():
-                folder.chmod(0o755)
+            _write_file(root / name, data)
         return tar_directory(root)
 
 
