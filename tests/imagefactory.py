@@ -29,7 +29,7 @@ def docker_archive(layout: Path, ref: str, output: Path, repo_tag: str) -> Path:
     return output
 
 
-def oci_archive(layout: Path, ref: str, output: Path, all_platforms: bool) -> Path:
+def oci_archive(layout: Path, ref: str, output: Path, *, all_platforms: bool) -> Path:
     """Export ``layout:ref`` as an oci-archive tar that keeps the ref name."""
     multi_arch = ["--multi-arch=all"] if all_platforms else []
     run_skopeo(

@@ -404,7 +404,7 @@ def test_push_missing_child_rejected(store, real_image_multi, tmp_path):
         assert rows(store, f"SELECT * FROM {table}") == [], table
 
 
-def test_push_partial_keeps_edge_to_missing_child(store, real_image_multi, tmp_path):
+def test_partial_push_keeps_child_edge(store, real_image_multi, tmp_path):
     layout = copy_layout(real_image_multi, tmp_path)
     missing = real_image_multi.manifests["linux/arm64/v8"]
     layout_blob(layout, missing).unlink()
@@ -605,7 +605,7 @@ def test_source_not_a_tar(store, tmp_path):
 
 def test_oci_archive_keeps_digest(store, real_image_single, tmp_path):
     archive = oci_archive(
-        real_image_single.layout, "latest", tmp_path / "image.tar", False
+        real_image_single.layout, "latest", tmp_path / "image.tar", all_platforms=False
     )
 
     digest = push(store, "docker-local", "demo/app", "archived", str(archive))
@@ -617,7 +617,7 @@ def test_oci_archive_keeps_digest(store, real_image_single, tmp_path):
 
 def test_oci_archive_index(store, real_image_multi, tmp_path):
     archive = oci_archive(
-        real_image_multi.layout, "latest", tmp_path / "image.tar", True
+        real_image_multi.layout, "latest", tmp_path / "image.tar", all_platforms=True
     )
 
     digest = push(store, "docker-local", "demo/app", "multi", f"oci-archive:{archive}")
@@ -759,7 +759,8 @@ def test_make_image_layers(real_image_single):
         assert "sha256:" + hashlib.sha256(plain).hexdigest() == diff_id
         with tarfile.open(fileobj=io.BytesIO(plain)) as tar:
             for member in tar.getmembers():
-                assert member.uid == 0 and member.gid == 0
+                assert member.uid == 0
+                assert member.gid == 0
                 assert member.mtime == 0
                 members[member.name] = member
 
@@ -865,6 +866,30 @@ def test_download_failure_names_command(tmp_path):
     assert caught.value.command[:2] == ["apt-get", "download"]
     assert "apt-get download" in str(caught.value)
     assert list((tmp_path / "debs").iterdir()) == []
+
+
+def test_cache_directory_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("OCILAYOUT_CACHE_DIR", str(tmp_path / "cache"))
+
+    assert imagegen.cache_directory() == tmp_path / "cache"
+
+
+def test_cached_packages_need_no_download(monkeypatch, tmp_path):
+    cache = imagegen.cache_directory()
+    debs = imagegen.fetch_debs(imagegen.DEBIAN_PACKAGES["small"], cache)
+    wheels = imagegen.fetch_wheels(imagegen.WHEELS["small"], cache)
+    copy = tmp_path / "cache"
+    shutil.copytree(cache / "debs", copy / "debs")
+    shutil.copytree(cache / "wheels", copy / "wheels")
+    # With an empty PATH, apt-get cannot run, so only the cache can serve.
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+
+    cached_debs = imagegen.fetch_debs(imagegen.DEBIAN_PACKAGES["small"], copy)
+    assert [p.name for p in cached_debs] == [p.name for p in debs]
+    assert [p.parent for p in cached_debs] == [copy / "debs"] * len(debs)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    cached_wheels = imagegen.fetch_wheels(imagegen.WHEELS["small"], copy)
+    assert [p.name for p in cached_wheels] == [p.name for p in wheels]
 
 
 @pytest.mark.consumers
