@@ -21,9 +21,10 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import OCILayoutError, UsageError
 
@@ -84,7 +85,7 @@ def load_signing_key(
     """Load the PEM private key from ``path``, or from the environment.
 
     Without ``path``, ``OCILAYOUT_TOKEN_KEY_FILE`` names a key file and
-    ``OCILAYOUT_TOKEN_KEY`` holds the PEM text itself. Raises TokenError when
+    ``OCILAYOUT_TOKEN_KEY`` contains the PEM text itself. Raises TokenError when
     no key is configured or the key is not an unencrypted EC P-256 or RSA key.
     """
     environ = os.environ if environ is None else environ
@@ -185,9 +186,7 @@ def verify_token(
     _verify_signature(public_key, expected, signing_input, signature)
     _check_claims(claims, audience, issuer, time.time() if now is None else now)
     if repository is not None and not grants(claims, repository, action):
-        raise TokenError(
-            f"token does not grant {action} on repository {repository}"
-        )
+        raise TokenError(f"token does not grant {action} on repository {repository}")
     return claims
 
 
@@ -294,9 +293,7 @@ def _algorithm_for(public_key: Any) -> str:
     raise TokenError(f"unsupported public key type {type(public_key).__name__}")
 
 
-def _check_claims(
-    claims: dict, audience: str, issuer: str | None, now: float
-) -> None:
+def _check_claims(claims: dict, audience: str, issuer: str | None, now: float) -> None:
     for name in ("exp", "nbf"):
         if not isinstance(claims.get(name), int):
             raise TokenError(f"token claim {name!r} is missing or not an integer")
