@@ -368,14 +368,24 @@ class DockerArchiveSource(ImageSource):
         return f"{self.name} (converted {digest})"
 
     def _member(self, name: str) -> tarfile.TarInfo:
+        # Legacy ``docker save`` links repeated layers to their first copy,
+        # and tarfile.extractfile follows such links inside the archive.
         member = self._members.get(str(PurePosixPath(name)).removeprefix("./"))
-        if member is None or not member.isfile():
+        if member is None or not (member.isfile() or member.issym() or member.islnk()):
             raise InvalidContentError(f"{self.path} has no regular file {name}")
         return member
 
+    def _open_member(self, name: str) -> BinaryIO:
+        try:
+            return self._tar.extractfile(self._member(name))
+        except KeyError as exc:
+            raise InvalidContentError(
+                f"{self.path}: {name} links to a file missing from the archive"
+            ) from exc
+
     def _select_entry(self, ref: str | None) -> dict[str, Any]:
-        member = self._member("manifest.json")
-        body = self._tar.extractfile(member).read()
+        with self._open_member("manifest.json") as stream:
+            body = stream.read()
         try:
             entries = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -435,7 +445,8 @@ class DockerArchiveSource(ImageSource):
         return Descriptor.from_json(descriptor, self.name)
 
     def _read_config(self, name: str) -> bytes:
-        body = self._tar.extractfile(self._member(name)).read()
+        with self._open_member(name) as stream:
+            body = stream.read()
         # docker save names the config after its own sha256, as <hex>.json or
         # blobs/sha256/<hex>; when it does, the name is checked like a digest.
         stem = PurePosixPath(name).name.removesuffix(".json")
@@ -455,10 +466,9 @@ class DockerArchiveSource(ImageSource):
         return {"mediaType": media_type, "digest": str(digest), "size": len(body)}
 
     def _spool_layer(self, name: str, diff_id: Digest) -> dict[str, Any]:
-        member = self._member(name)
         where = f"{self.path}!{name}"
         target = self._spool / f"layer-{len(self._blobs)}"
-        with self._tar.extractfile(member) as raw, open(target, "wb") as output:
+        with self._open_member(name) as raw, open(target, "wb") as output:
             head = raw.read(2)
             stream = _Rejoined(head, raw)
             if head == b"\x1f\x8b":

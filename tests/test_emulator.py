@@ -686,6 +686,40 @@ def test_docker_archive_tampered_layer(store, docker_archive_single, tmp_path):
     assert rows(store, "SELECT * FROM oci_blobs") == []
 
 
+def test_docker_archive_symlinked_layer(store, docker_archive_single, tmp_path):
+    linked = tmp_path / "linked.tar"
+    _link_first_layer(docker_archive_single, linked)
+
+    original = push(store, "docker-local", "demo/app", "a", str(docker_archive_single))
+    relinked = push(store, "docker-local", "demo/app", "b", str(linked))
+
+    assert relinked == original
+
+
+def _link_first_layer(archive: Path, output: Path) -> None:
+    """Copy a docker-archive, storing its first layer behind a symlink.
+
+    Legacy ``docker save`` writes repeated layers this way.
+    """
+    with tarfile.open(archive) as source:
+        manifest = json.loads(source.extractfile("manifest.json").read())
+        first_layer = manifest[0]["Layers"][0]
+        manifest[0]["Layers"][0] = "link/layer.tar"
+        with tarfile.open(output, "w") as target:
+            for member in source.getmembers():
+                data = source.extractfile(member).read() if member.isfile() else None
+                if member.name == "manifest.json":
+                    data = json.dumps(manifest).encode()
+                    member.size = len(data)
+                if member.name == first_layer:
+                    member.name = "real/layer.tar"
+                target.addfile(member, io.BytesIO(data) if data is not None else None)
+            link = tarfile.TarInfo("link/layer.tar")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "../real/layer.tar"
+            target.addfile(link)
+
+
 def test_docker_manifest_list_pushed(store, real_image_multi, tmp_path):
     layout = copy_layout(real_image_multi, tmp_path)
     index = read_layout_json(layout, real_image_multi.digest)
