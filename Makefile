@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml
 system-packages:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do \
 	  command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ] || ! ls /var/lib/apt/lists/*Packages* >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq; \
+	fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
