@@ -43,6 +43,11 @@ def read_index(path: Path) -> dict:
     return json.loads((path / "index.json").read_text())
 
 
+def blob_file_manifest(store, digest: str) -> Path:
+    repo = store.repository("docker-local")
+    return Path(repo.storage_path) / "oci-manifests" / digest
+
+
 def blob_file(store, digest: str) -> Path:
     repo = store.repository("docker-local")
     return Path(repo.storage_path) / "oci-blobs" / digest
@@ -132,6 +137,70 @@ def test_multi_platform_explicit_choice(pushed_multi, tmp_path, requested):
     )
     assert inspect.returncode == 0, inspect.stderr
     assert json.loads(inspect.stdout)["mediaType"].endswith("manifest.v1+json")
+    assert_valid_layout(output)
+
+
+def test_docker_v2_manifest_kept_as_pushed(pushed_docker, tmp_path):
+    output = tmp_path / "layout"
+
+    result = build_layout(
+        pushed_docker.store.root, output, image=pushed_docker.image, tag="docker"
+    )
+
+    entry = read_index(output)["manifests"][0]
+    assert entry["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    assert entry["digest"] == pushed_docker.digest
+    stored = blob_file_manifest(pushed_docker.store, pushed_docker.digest)
+    placed = output / "blobs" / "sha256" / pushed_docker.digest.split(":")[1]
+    assert placed.read_bytes() == stored.read_bytes()
+    assert_valid_layout(output)
+    packages = syft_packages(result.target)
+    assert len(packages) == pushed_docker.source.package_count
+
+
+def test_full_shape_copied_by_skopeo_all(pushed_multi, tmp_path):
+    output = tmp_path / "full"
+
+    result = build_layout(
+        pushed_multi.store.root, output, digest=pushed_multi.digest, shape="full"
+    )
+
+    entry = read_index(output)["manifests"][0]
+    assert entry["digest"] == pushed_multi.digest
+    assert entry["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    every_child = set(pushed_multi.source.manifests.values()) | set(
+        pushed_multi.source.attestations.values()
+    )
+    for digest in every_child:
+        assert (output / "blobs" / "sha256" / digest.split(":")[1]).is_file()
+    assert result.platform is None
+    assert_valid_layout(output)
+    copy = subprocess.run(
+        [tool("skopeo"), "copy", "--all", f"oci:{output}:latest",
+         f"oci:{tmp_path / 'copy'}:x"],
+        capture_output=True, text=True,
+    )
+    assert copy.returncode == 0, copy.stderr
+
+
+def test_full_shape_platform_filter_says_so(pushed_multi, tmp_path):
+    output = tmp_path / "full"
+
+    result = build_layout(
+        pushed_multi.store.root, output, digest=pushed_multi.digest,
+        shape="full", platform=["linux/arm64"],
+    )
+
+    index_digest = read_index(output)["manifests"][0]["digest"]
+    assert index_digest != pushed_multi.digest
+    assert any("rewritten" in warning for warning in result.warnings)
+    kept = json.loads(
+        (output / "blobs" / "sha256" / index_digest.split(":")[1]).read_text()
+    )["manifests"]
+    arm = pushed_multi.source.manifests["linux/arm64/v8"]
+    assert [child["digest"] for child in kept] == [
+        arm, pushed_multi.source.attestations["linux/arm64/v8"]
+    ]
     assert_valid_layout(output)
 
 
