@@ -12,10 +12,13 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
 from . import mediatypes as mt
+from .cache import VerifyCache, remove_layout
+from .deep import verify_manifests
 from .digest import Digest, parse_digest
 from .errors import IntegrityError, OCILayoutError, UsageError
 from .layout import LayoutWriter
@@ -110,6 +113,8 @@ def build_layout(
     workers: int | None = None,
     sync: bool = True,
     progress: ProgressFn | None = None,
+    verify: str = "digest",
+    cache: VerifyCache | None = None,
 ) -> BuildResult:
     """Build a verified OCI image layout at ``output``.
 
@@ -119,11 +124,15 @@ def build_layout(
     manifest; with ``shape="full"`` the layout holds the stored index and
     every child the store has (only the listed platforms when ``platform`` is
     given). ``referrers`` adds manifests whose subject is a placed manifest.
+    ``verify="deep"`` also checks each layer's diff_id. ``cache`` lets a
+    hardlink placement skip hashing a store file verified before.
     The layout appears at ``output`` only when complete, and the store is only
     read. Raises an OCILayoutError subclass whose ``exit_code`` tells the
     failure class.
     """
     started = time.monotonic()
+    if verify not in ("digest", "deep"):
+        raise UsageError(f"invalid verify mode {verify!r}: use digest or deep")
     request = Request(
         digest=_as_digest(digest),
         image=image,
@@ -140,10 +149,17 @@ def build_layout(
         ref = _choose_ref_name(ref_name, plan, warnings)
         with LayoutWriter(output, sync=sync) as writer:
             placements, skipped = _place_all(
-                source, plan, writer, link, workers, progress
+                source, plan, writer, link, workers, progress, cache
             )
+            if cache is not None:
+                cache.record_many(
+                    (p.identity, p.digest) for p in placements if p.identity
+                )
             for body_digest, body in plan.bodies.items():
                 write_blob_bytes(body, writer.blob_path(body_digest))
+            if verify == "deep":
+                checks = verify_manifests(writer.temp, plan.bodies.values())
+                warnings.extend(c.warning for c in checks if c.warning)
             writer.commit(_index_document(plan, ref))
     finally:
         if owned:
@@ -161,6 +177,8 @@ def build_layout(
             "left out; it is never fetched from its URLs"
         )
     warnings.extend(plan.notes)
+    if cache is not None and cache.problem:
+        warnings.append(cache.problem)
     return BuildResult(
         output=writer.output,
         repository=plan.repository.key,
@@ -202,6 +220,7 @@ def temporary_layout(
             )
         yield build_layout(store, os.path.join(parent, "layout"), **options)
     finally:
+        remove_layout(os.path.join(parent, "layout"), options.get("cache"))
         shutil.rmtree(parent, ignore_errors=True)
 
 
@@ -269,6 +288,7 @@ def _place_all(
     link: str,
     workers: int | None,
     progress: ProgressFn | None,
+    cache: VerifyCache | None = None,
 ) -> tuple[list[Placement], list[str]]:
     """Verify and place every planned blob, largest first, in parallel."""
     unique: dict[Digest, PlannedBlob] = {}
@@ -292,7 +312,7 @@ def _place_all(
             progress("bytes", count)
 
     def run(blob: PlannedBlob) -> Placement:
-        placement = _place_one(source, plan, blob, writer, link, tick)
+        placement = _place_one(source, plan, blob, writer, link, tick, cache)
         if progress is not None:
             progress("blob", 1)
         return placement
@@ -318,6 +338,7 @@ def _place_one(
     writer: LayoutWriter,
     link: str,
     tick: Callable[[int], None],
+    cache: VerifyCache | None = None,
 ) -> Placement:
     repo = plan.repository
     try:
@@ -337,6 +358,7 @@ def _place_one(
             writer.blob_path(blob.digest),
             link,
             progress=tick,
+            verified=None if cache is None else partial(cache.hit, digest=blob.digest),
         )
     except OCILayoutError:
         raise

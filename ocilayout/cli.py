@@ -55,6 +55,11 @@ class Shape(str, Enum):
     full = "full"
 
 
+class Verify(str, Enum):
+    digest = "digest"
+    deep = "deep"
+
+
 class Link(str, Enum):
     auto = "auto"
     hardlink = "hardlink"
@@ -151,6 +156,15 @@ def _platforms(values: list[str] | None, os_version: str | None):
     return [parse_platform(value, os_version) for value in values]
 
 
+def _open_cache(no_cache: bool, cache_dir: Path | None, link: Link):
+    # Only a hardlink keeps the verified inode, so only it can use the cache.
+    if no_cache or link not in (Link.auto, Link.hardlink):
+        return None
+    from .cache import VerifyCache, default_cache_dir
+
+    return VerifyCache(cache_dir or default_cache_dir())
+
+
 @app.command()
 def build(
     output: Path = typer.Option(..., "--output", "-o", help="Layout directory to create; it must not exist."),
@@ -167,6 +181,9 @@ def build(
     link: Link = typer.Option(Link.auto, "--link", help="Blob placement: auto tries hardlink, then reflink, then copy."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Blobs verified in parallel; default: CPU count."),
     no_sync: bool = typer.Option(False, "--no-sync", help="Skip fsync; for throwaway layouts."),
+    verify: Verify = typer.Option(Verify.digest, "--verify", help="digest: check each blob's size and digest; deep: also decompress each layer and check its diff_id."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Hash every blob; neither read nor write the verification cache."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Verification cache directory; default: $XDG_CACHE_HOME/ocilayout or ~/.cache/ocilayout."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log resolution steps to stderr."),
 ) -> None:
@@ -178,6 +195,7 @@ def build(
     _install_signal_handlers()
     progress = _Progress() if sys.stderr.isatty() and not as_json else None
     try:
+        cache = _open_cache(no_cache, cache_dir, link)
         result = build_layout(
             store,
             output,
@@ -193,6 +211,8 @@ def build(
             workers=workers,
             sync=not no_sync,
             progress=progress,
+            verify=verify.value,
+            cache=cache,
         )
     except OCILayoutError as error:
         if progress:

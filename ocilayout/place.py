@@ -47,6 +47,8 @@ class Placement:
     method: str
     hashed: bool
     store_writable: bool
+    # Hardlink only: the file's identity after linking, for a verification cache.
+    identity: FileIdentity | None = None
 
 
 @dataclass(frozen=True)
@@ -135,9 +137,10 @@ def place_blob(
     order = ("hardlink", "reflink", "copy") if strategy == "auto" else (strategy,)
     last_error: OSError | None = None
     for method in order:
+        identity = None
         try:
             if method == "hardlink":
-                hashed = _hardlink(
+                hashed, identity = _hardlink(
                     source_fd, source_path, expected, target, progress, verified
                 )
             else:
@@ -150,7 +153,12 @@ def place_blob(
             last_error = exc
             continue
         return Placement(
-            str(expected), size, method, hashed, writable and method == "hardlink"
+            str(expected),
+            size,
+            method,
+            hashed,
+            writable and method == "hardlink",
+            identity,
         )
     raise OSError(last_error.errno, f"cannot place {expected}: {last_error}")
 
@@ -162,7 +170,7 @@ def _hardlink(
     target: str,
     progress: ProgressFn | None,
     verified: Callable[[FileIdentity], bool] | None,
-) -> bool:
+) -> tuple[bool, FileIdentity]:
     before = os.fstat(fd)
     identity = FileIdentity.of(before)
     hashed = not (verified is not None and verified(identity))
@@ -193,7 +201,7 @@ def _hardlink(
             f"blob file {path} was replaced or changed between verification "
             "and linking"
         )
-    return hashed
+    return hashed, linked
 
 
 def _private_copy(
