@@ -375,8 +375,12 @@ class _Pipeline:
         reports.mkdir(mode=0o700, exist_ok=True)
         invocation = self.profile.invocation(self.binary, target, reports, token)
         log.info("running %s on %s", self.profile.name, target.describe())
-        completed = self._run_process(invocation, folder, target)
-        return self._judge(completed, invocation, target, expected_layers)
+        try:
+            completed = self._run_process(invocation, folder, target)
+            return self._judge(completed, invocation, target, expected_layers)
+        except ScanError as error:
+            error.target = target.describe()
+            raise
 
     def _run_process(
         self, invocation: Invocation, folder: Path, target: Target

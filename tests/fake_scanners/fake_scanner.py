@@ -6,6 +6,7 @@ It parses the output options that ocilayout passes to the real scanners
 as ``FAKE_SCANNER_MODE`` says; see README.md in this folder.
 """
 
+import itertools
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ CREDENTIAL_VARIABLES = (
 def output_paths(argv):
     """Map each requested output format to its file ("trivy" for --output)."""
     paths = {}
-    for option, value in zip(argv, argv[1:]):
+    for option, value in itertools.pairwise(argv):
         if option == "-o" and "=" in value:
             name, path = value.split("=", 1)
             paths[name] = Path(path)
