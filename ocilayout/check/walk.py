@@ -1,0 +1,845 @@
+"""The walk from ``index.json`` through every descriptor a layout references."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+from .. import mediatypes as mt
+from . import files as fs
+from .fields import (
+    REF_NAME_KEY,
+    Findings,
+    Ref,
+    check_annotations,
+    check_artifact_type,
+    check_descriptor,
+    digest_problem,
+    is_algorithm_name,
+    is_blob_name,
+    is_ref_name,
+    short,
+)
+from .jsonfile import MAX_JSON_BYTES, JSONProblem, child_path, parse_strict
+from .layers import check_layer
+
+# Nested indexes deeper than this are reported, not followed. Real images
+# nest one or two levels; the bound stops hostile chains.
+MAX_INDEX_DEPTH = 16
+
+LAYOUT_VERSION = "1.0.0"
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass
+class Entry:
+    """One descriptor of ``index.json``, with what its target turned out to be."""
+
+    ref: Ref
+    ref_name: str | None
+    target: Target | None
+
+
+@dataclass
+class Target:
+    """What a manifest or index body contains, as far as compatibility needs."""
+
+    kind: str
+    config_media_type: str | None = None
+    config_platform: tuple[str | None, str | None, str | None] | None = None
+    children: list[Target] = field(default_factory=list)
+    platforms: list[dict] = field(default_factory=list)
+
+    @property
+    def platform_specific(self) -> bool:
+        return (
+            self.kind == "manifest" and self.config_media_type in mt.IMAGE_CONFIG_TYPES
+        )
+
+
+@dataclass
+class _Blob:
+    entry: fs.Entry
+    hexdigest: str | None = None
+    hash_error: str | None = None
+
+
+@dataclass
+class _Config:
+    os: str | None
+    architecture: str | None
+    variant: str | None
+    diff_ids: list[str | None] | None
+
+
+class Walker:
+    """Checks one layout; ``run`` fills ``findings`` and ``entries``."""
+
+    def __init__(self, files: fs.LayoutFiles, findings: Findings, deep: bool):
+        self.files = files
+        self.findings = findings
+        self.deep = deep
+        self.entries: list[Entry] = []
+        self.index_loaded = False
+        self._blobs: dict[tuple[str, str], _Blob] = {}
+        self._targets: dict[tuple[str, str], Target] = {}
+        self._configs: dict[str, _Config | None] = {}
+        self._layers_checked: set[tuple[str, str, str]] = set()
+        self._stack: list[str] = []
+
+    @property
+    def blobs_checked(self) -> int:
+        return len(self._blobs)
+
+    def run(self) -> None:
+        self._check_oci_layout()
+        blobs_present = self._check_blobs_dir()
+
+        index = self._read_layout_json("index.json", "index-missing")
+        if index is not None:
+            self.index_loaded = True
+            self._check_index(index, "index.json", depth=0, top=True)
+
+        if blobs_present:
+            self._scan_blob_store()
+
+    # Layout files
+
+    def _check_oci_layout(self) -> None:
+        layout = self._read_layout_json("oci-layout", "oci-layout-missing")
+        if layout is None:
+            return
+        if "imageLayoutVersion" not in layout:
+            self.findings.error(
+                "oci-layout",
+                "$",
+                "oci-layout-invalid",
+                f'oci-layout has no imageLayoutVersion; write {{"imageLayoutVersion": "{LAYOUT_VERSION}"}}',
+            )
+        elif layout["imageLayoutVersion"] != LAYOUT_VERSION:
+            self.findings.error(
+                "oci-layout",
+                "$.imageLayoutVersion",
+                "oci-layout-invalid",
+                f"imageLayoutVersion is {short(layout['imageLayoutVersion'])}; "
+                f"the only layout version is {LAYOUT_VERSION!r}",
+            )
+
+    def _check_blobs_dir(self) -> bool:
+        names = self.files.list_dir(("blobs",))
+        if names is not None:
+            return True
+        entry = self.files.stat(("blobs",))
+        detail = "blobs does not exist" if entry.status == fs.MISSING else entry.detail
+        if entry.status == fs.OK:
+            detail = "blobs is a file"
+        self.findings.error(
+            "blobs",
+            None,
+            "blobs-missing",
+            f"{detail}; a layout needs a blobs directory, even an empty one",
+        )
+        return False
+
+    def _read_layout_json(self, name: str, missing_code: str) -> dict | None:
+        data, entry = self.files.read((name,), MAX_JSON_BYTES)
+        if entry.status == fs.MISSING:
+            self.findings.error(
+                name,
+                None,
+                missing_code,
+                f"{name} does not exist; every layout needs one",
+            )
+            return None
+        if entry.status in (fs.SYMLINK, fs.NOT_REGULAR):
+            self.findings.error(
+                name,
+                None,
+                "file-not-regular",
+                f"{entry.detail}; {name} must be a regular file inside the layout",
+            )
+            return None
+        if data is None:
+            self.findings.error(name, None, "file-unreadable", entry.detail)
+            return None
+        return self._parse_json(name, data)
+
+    def _parse_json(self, file: str, data: bytes) -> dict | None:
+        if len(data) > MAX_JSON_BYTES:
+            self.findings.error(
+                file,
+                None,
+                "json-too-large",
+                f"{file} is larger than {MAX_JSON_BYTES} bytes, the most this checker reads",
+            )
+            return None
+        try:
+            value, duplicates = parse_strict(data)
+        except JSONProblem as exc:
+            self.findings.error(
+                file, None, "json-invalid", f"{file} is not valid JSON: {exc}"
+            )
+            return None
+        for path, key in duplicates:
+            self.findings.error(
+                file,
+                path,
+                "json-duplicate-key",
+                f"key {short(key)} appears more than once; readers disagree on which value wins",
+            )
+        if not isinstance(value, dict):
+            self.findings.error(
+                file,
+                "$",
+                "json-invalid",
+                f"{file} holds a JSON {type(value).__name__}, not an object",
+            )
+            return None
+        return value
+
+    # Indexes
+
+    def _check_index(self, body: dict, file: str, depth: int, top: bool) -> Target:
+        target = Target("index")
+        self._check_schema_version(body, file)
+        self._check_own_media_type(body, file, mt.OCI_INDEX if top else None)
+
+        for key in ("config", "layers"):
+            if key in body:
+                self.findings.error(
+                    file,
+                    f"$.{key}",
+                    "ambiguous-index",
+                    f"an image index must not carry {key!r}; a body with both "
+                    "manifests and config or layers can pass as either type",
+                )
+        check_artifact_type(self.findings, body, file, "$")
+        check_annotations(self.findings, body, file, "$")
+
+        manifests = self._required_array(body, "manifests", file)
+        for i, value in enumerate(manifests):
+            path = f"$.manifests[{i}]"
+            ref = check_descriptor(self.findings, value, file, path)
+            if ref is None:
+                continue
+            child = self._check_index_entry(ref, depth)
+            if child is not None:
+                target.children.append(child)
+            if ref.platform is not None:
+                target.platforms.append(ref.platform)
+            if top:
+                self.entries.append(
+                    Entry(ref, ref.annotations.get(REF_NAME_KEY), child)
+                )
+            elif REF_NAME_KEY in ref.annotations:
+                self.findings.warning(
+                    file,
+                    child_path(child_path(path, "annotations"), REF_NAME_KEY),
+                    "ref-name-misplaced",
+                    "org.opencontainers.image.ref.name is meaningful only on "
+                    "index.json descriptors; readers ignore it here",
+                )
+
+        if top:
+            self._check_ref_names()
+        self._check_subject(body, file, depth)
+        return target
+
+    def _check_index_entry(self, ref: Ref, depth: int) -> Target | None:
+        target = self._follow(ref, depth)
+        if target is None:
+            return None
+
+        if target.platform_specific and not ref.has_platform:
+            self.findings.warning(
+                ref.file,
+                ref.path,
+                "platform-missing",
+                f"descriptor of image manifest {ref.digest} has no platform; "
+                "it should carry architecture and os",
+            )
+        if ref.platform is not None and target.config_platform is not None:
+            self._compare_platform(ref, target.config_platform)
+        return target
+
+    def _compare_platform(self, ref: Ref, config: tuple) -> None:
+        config_os, config_arch, _ = config
+        declared = (ref.platform.get("os"), ref.platform.get("architecture"))
+        if None in (config_os, config_arch) or declared == (config_os, config_arch):
+            return
+        self.findings.warning(
+            ref.file,
+            child_path(ref.path, "platform"),
+            "platform-mismatch",
+            f"platform says {declared[0]}/{declared[1]} but the image config "
+            f"says {config_os}/{config_arch}",
+        )
+
+    def _check_ref_names(self) -> None:
+        seen: dict[str, str] = {}
+        for entry in self.entries:
+            if REF_NAME_KEY not in entry.ref.annotations:
+                continue
+            name = entry.ref_name
+            path = child_path(child_path(entry.ref.path, "annotations"), REF_NAME_KEY)
+            if not is_ref_name(name):
+                self.findings.error(
+                    "index.json",
+                    path,
+                    "ref-name-invalid",
+                    f"ref name {short(name)} is invalid: use components of letters "
+                    "and digits joined by one of -._:@+ or --, separated by /",
+                )
+                entry.ref_name = None
+                continue
+            if name in seen:
+                # NOTE: image-spec 1.1 does not require unique ref names, but
+                # skopeo and umoci cannot address an image by a repeated one.
+                self.findings.error(
+                    "index.json",
+                    path,
+                    "ref-name-duplicate",
+                    f"ref name {name!r} is also used by {seen[name]}; "
+                    "give each image its own name",
+                )
+                continue
+            seen[name] = entry.ref.path
+
+    # Manifests
+
+    def _check_manifest(self, body: dict, file: str, depth: int) -> Target:
+        self._check_schema_version(body, file)
+        self._check_own_media_type(body, file, None)
+        if "manifests" in body:
+            self.findings.error(
+                file,
+                "$.manifests",
+                "ambiguous-manifest",
+                "an image manifest must not carry 'manifests'; a body with both "
+                "can pass as either an index or a manifest",
+            )
+        check_artifact_type(self.findings, body, file, "$")
+        check_annotations(self.findings, body, file, "$")
+
+        config_ref = None
+        if "config" not in body:
+            self.findings.error(
+                file,
+                "$",
+                "field-missing",
+                "manifest has no config descriptor; it is required",
+            )
+        else:
+            config_ref = check_descriptor(
+                self.findings, body["config"], file, "$.config"
+            )
+        config = self._check_config_ref(config_ref)
+        self._check_artifact_type_needed(body, file, config_ref)
+
+        layers = self._check_layers(body, file)
+        if layers is not None and config is not None and config.diff_ids is not None:
+            self._compare_diff_ids(config_ref, config, layers, file)
+        self._check_subject(body, file, depth)
+
+        target = Target(
+            "manifest", config_media_type=config_ref.media_type if config_ref else None
+        )
+        if config is not None:
+            target.config_platform = (config.os, config.architecture, config.variant)
+        return target
+
+    def _check_artifact_type_needed(
+        self, body: dict, file: str, config_ref: Ref | None
+    ) -> None:
+        if config_ref is None or config_ref.media_type != mt.OCI_EMPTY:
+            return
+        if "artifactType" not in body:
+            self.findings.error(
+                file,
+                "$",
+                "artifact-type-missing",
+                f"manifest config is the empty descriptor ({mt.OCI_EMPTY}), so "
+                "artifactType must say what the artifact is",
+            )
+
+    def _check_layers(self, body: dict, file: str) -> list[Ref | None] | None:
+        """Check each layer descriptor; return None when ``layers`` is not an array."""
+        values = self._required_array(body, "layers", file)
+        if not isinstance(body.get("layers"), list):
+            return None
+        if not values:
+            self.findings.warning(
+                file,
+                "$.layers",
+                "layers-empty",
+                "manifest has no layers; for portability it should have at least one",
+            )
+        layers = []
+        for i, value in enumerate(values):
+            ref = check_descriptor(self.findings, value, file, f"$.layers[{i}]")
+            layers.append(ref)
+            if ref is None:
+                continue
+            foreign = bool(ref.urls) or (
+                ref.media_type is not None and mt.is_non_distributable(ref.media_type)
+            )
+            self._verify_blob(ref, absent_ok=foreign)
+        return layers
+
+    def _check_config_ref(self, ref: Ref | None) -> _Config | None:
+        if ref is None:
+            return None
+        entry = self._verify_blob(ref)
+        # Content of an unknown config media type must not be parsed.
+        if entry is None or ref.media_type not in mt.IMAGE_CONFIG_TYPES:
+            return None
+        if ref.digest in self._configs:
+            return self._configs[ref.digest]
+        body = self._read_blob_json(ref)
+        config = None if body is None else self._check_config(body, ref.blob_file)
+        self._configs[ref.digest] = config
+        return config
+
+    def _check_config(self, body: dict, file: str) -> _Config:
+        values = {}
+        for name in ("architecture", "os"):
+            values[name] = self._required_string(body, name, file)
+        variant = body.get("variant") if isinstance(body.get("variant"), str) else None
+        diff_ids = self._check_rootfs(body, file)
+        return _Config(values["os"], values["architecture"], variant, diff_ids)
+
+    def _check_rootfs(self, body: dict, file: str) -> list[str | None] | None:
+        if "rootfs" not in body:
+            self.findings.error(
+                file, "$", "field-missing", "image config has no rootfs; it is required"
+            )
+            return None
+        rootfs = body["rootfs"]
+        if not isinstance(rootfs, dict):
+            self.findings.error(
+                file,
+                "$.rootfs",
+                "field-invalid",
+                f"rootfs is {short(rootfs)}, not an object",
+            )
+            return None
+        if rootfs.get("type") != "layers":
+            self.findings.error(
+                file,
+                "$.rootfs.type",
+                "field-invalid",
+                f"rootfs.type is {short(rootfs.get('type'))}; it must be 'layers'",
+            )
+        if "diff_ids" not in rootfs:
+            self.findings.error(
+                file,
+                "$.rootfs",
+                "field-missing",
+                "rootfs has no diff_ids; it is required",
+            )
+            return None
+        if not isinstance(rootfs["diff_ids"], list):
+            self.findings.error(
+                file,
+                "$.rootfs.diff_ids",
+                "field-invalid",
+                f"rootfs.diff_ids is {short(rootfs['diff_ids'])}, not an array of digests",
+            )
+            return None
+
+        diff_ids: list[str | None] = []
+        for i, value in enumerate(rootfs["diff_ids"]):
+            problem = digest_problem(value)
+            if problem:
+                self.findings.error(
+                    file, f"$.rootfs.diff_ids[{i}]", "digest-invalid", problem
+                )
+            diff_ids.append(None if problem else value)
+        return diff_ids
+
+    def _compare_diff_ids(
+        self, config_ref: Ref, config: _Config, layers: list, file: str
+    ) -> None:
+        config_file = config_ref.blob_file
+        if len(config.diff_ids) != len(layers):
+            self.findings.error(
+                config_file,
+                "$.rootfs.diff_ids",
+                "diff-ids-count",
+                f"config lists {len(config.diff_ids)} diff_ids but manifest {file} "
+                f"has {len(layers)} layers; there must be one per layer",
+            )
+            return
+        if not self.deep:
+            return
+        for i, (layer, diff_id) in enumerate(zip(layers, config.diff_ids)):
+            if layer is None or diff_id is None or layer.key is None:
+                continue
+            self._deep_check_layer(layer, diff_id, config_file, i)
+
+    def _deep_check_layer(
+        self, layer: Ref, diff_id: str, config_file: str, i: int
+    ) -> None:
+        # A layer shared by several images is decompressed once per diff_id.
+        key = (layer.digest, diff_id, layer.media_type or "")
+        if key in self._layers_checked or layer.media_type is None:
+            return
+        self._layers_checked.add(key)
+        blob = self._blobs.get(layer.key)
+        if blob is None or blob.entry.status != fs.OK:
+            return
+        fd, _ = self.files.open(("blobs", layer.algorithm, layer.encoded))
+        if fd is None:
+            return
+        with os.fdopen(fd, "rb") as stream:
+            check_layer(
+                self.findings,
+                stream,
+                layer,
+                diff_id,
+                config_file,
+                f"$.rootfs.diff_ids[{i}]",
+            )
+
+    # Following descriptors
+
+    def _follow(self, ref: Ref, depth: int) -> Target | None:
+        """Verify the blob a manifest-list entry or subject names and check its body."""
+        if ref.media_type in mt.INDEX_TYPES:
+            kind = "index"
+        elif ref.media_type in mt.MANIFEST_TYPES:
+            kind = "manifest"
+        else:
+            self._verify_blob(ref)
+            if ref.media_type is not None:
+                self.findings.warning(
+                    ref.file,
+                    child_path(ref.path, "mediaType"),
+                    "media-type-unknown",
+                    f"media type {ref.media_type!r} is not an image index or "
+                    "manifest this checker knows, so its content is not checked",
+                )
+            return None
+
+        if self._verify_blob(ref) is None:
+            return None
+        if ref.digest in self._stack:
+            self.findings.error(
+                ref.file,
+                child_path(ref.path, "digest"),
+                "index-cycle",
+                f"{ref.digest} refers back to itself through nested descriptors",
+            )
+            return None
+        if depth + 1 > MAX_INDEX_DEPTH:
+            self.findings.error(
+                ref.file,
+                ref.path,
+                "index-depth-exceeded",
+                f"descriptors nest deeper than {MAX_INDEX_DEPTH} levels; "
+                f"{ref.digest} is not checked",
+            )
+            return None
+        return self._check_body(ref, kind, depth + 1)
+
+    def _check_body(self, ref: Ref, kind: str, depth: int) -> Target | None:
+        body = self._read_blob_json(ref)
+        if body is None:
+            return None
+        own = body.get("mediaType")
+        if isinstance(own, str) and own != ref.media_type:
+            self.findings.error(
+                ref.blob_file,
+                "$.mediaType",
+                "media-type-mismatch",
+                f"body declares mediaType {own!r} but {ref.file} {ref.path} "
+                f"references it as {ref.media_type!r}",
+            )
+
+        memo = (ref.digest, kind)
+        if memo in self._targets:
+            return self._targets[memo]
+        self._stack.append(ref.digest)
+        try:
+            if kind == "index":
+                target = self._check_index(body, ref.blob_file, depth, top=False)
+            else:
+                target = self._check_manifest(body, ref.blob_file, depth)
+        finally:
+            self._stack.pop()
+        self._targets[memo] = target
+        return target
+
+    def _check_subject(self, body: dict, file: str, depth: int) -> None:
+        if "subject" not in body:
+            return
+        ref = check_descriptor(self.findings, body["subject"], file, "$.subject")
+        if ref is None or ref.key is None:
+            return
+        if self.files.stat(("blobs", *ref.key)).status == fs.MISSING:
+            self.findings.warning(
+                file,
+                "$.subject",
+                "subject-absent",
+                f"subject {ref.digest} is not in this layout; referrers may "
+                "point at images held elsewhere",
+            )
+            return
+        self._follow(ref, depth)
+
+    # Blobs
+
+    def _verify_blob(self, ref: Ref, absent_ok: bool = False) -> fs.Entry | None:
+        """Check a blob's presence, file type, size and digest against ``ref``.
+
+        Returns the blob's entry when it is a readable regular file, even if
+        its size or digest is wrong, so its content can still be examined.
+        """
+        if ref.key is None:
+            return None
+        blob = self._blob(ref.key)
+        entry = blob.entry
+        where = child_path(ref.path, "digest")
+
+        if entry.status == fs.MISSING:
+            if absent_ok:
+                self.findings.warning(
+                    ref.file,
+                    where,
+                    "foreign-layer-absent",
+                    f"non-distributable layer {ref.digest} is not in the layout; "
+                    "readers fetch it from its urls",
+                )
+            else:
+                # NOTE: image-spec lets a layout omit blobs held by an external
+                # store; the scanners this tool serves read only from disk.
+                self.findings.error(
+                    ref.file,
+                    where,
+                    "blob-missing",
+                    f"blob {ref.blob_file} does not exist ({entry.detail})",
+                )
+            return None
+        if entry.status != fs.OK:
+            code = {fs.SYMLINK: "blob-symlink", fs.NOT_REGULAR: "blob-not-regular"}.get(
+                entry.status, "blob-unreadable"
+            )
+            self.findings.error(
+                ref.file,
+                where,
+                code,
+                f"blob {ref.blob_file} cannot be used: {entry.detail}; blobs must "
+                "be regular files inside the layout",
+            )
+            return None
+
+        if ref.size is not None and entry.size != ref.size:
+            self.findings.error(
+                ref.file,
+                child_path(ref.path, "size"),
+                "size-mismatch",
+                f"descriptor size is {ref.size} but {ref.blob_file} has {entry.size} bytes",
+            )
+        if ref.verifiable:
+            self._compare_digest(blob, ref.key, ref.file, where)
+        return entry
+
+    def _compare_digest(
+        self, blob: _Blob, key: tuple[str, str], file: str, path: str | None
+    ) -> None:
+        algorithm, encoded = key
+        self._hash(blob, key)
+        if blob.hash_error is not None:
+            self.findings.error(file, path, "blob-unreadable", blob.hash_error)
+        elif blob.hexdigest != encoded:
+            self.findings.error(
+                file,
+                path,
+                "digest-mismatch",
+                f"blobs/{algorithm}/{encoded} hashes to {algorithm}:{blob.hexdigest}, "
+                f"not {algorithm}:{encoded}",
+            )
+
+    def _blob(self, key: tuple[str, str]) -> _Blob:
+        if key not in self._blobs:
+            self._blobs[key] = _Blob(self.files.stat(("blobs", *key)))
+        return self._blobs[key]
+
+    def _hash(self, blob: _Blob, key: tuple[str, str]) -> None:
+        if blob.hexdigest is not None or blob.hash_error is not None:
+            return
+        fd, entry = self.files.open(("blobs", *key))
+        if fd is None:
+            blob.hash_error = entry.detail
+            return
+        hasher = hashlib.new(key[0])
+        try:
+            while chunk := os.read(fd, _HASH_CHUNK):
+                hasher.update(chunk)
+        except OSError as exc:
+            blob.hash_error = f"blobs/{key[0]}/{key[1]} cannot be read: {exc.strerror}"
+            return
+        finally:
+            os.close(fd)
+        blob.hexdigest = hasher.hexdigest()
+
+    def _read_blob_json(self, ref: Ref) -> dict | None:
+        if ref.size is not None and ref.size > MAX_JSON_BYTES:
+            self.findings.error(
+                ref.file,
+                child_path(ref.path, "size"),
+                "json-too-large",
+                f"descriptor size {ref.size} exceeds {MAX_JSON_BYTES} bytes, the "
+                f"most this checker reads of a manifest, index or config",
+            )
+            return None
+        data, _ = self.files.read(("blobs", *ref.key), MAX_JSON_BYTES)
+        if data is None:
+            return None
+        return self._parse_json(ref.blob_file, data)
+
+    def _scan_blob_store(self) -> None:
+        """Report stray files under ``blobs/`` and check blobs nothing references."""
+        for algorithm in self.files.list_dir(("blobs",)) or []:
+            file = f"blobs/{fs.shown(algorithm)}"
+            entry = self.files.stat(("blobs", algorithm))
+            if entry.status == fs.SYMLINK:
+                self.findings.error(
+                    file,
+                    None,
+                    "blob-symlink",
+                    f"{entry.detail}; blobs/ must hold real directories",
+                )
+                continue
+            names = self.files.list_dir(("blobs", algorithm))
+            if names is None or not is_algorithm_name(algorithm):
+                self.findings.error(
+                    file,
+                    None,
+                    "stray-blob",
+                    f"{file} is not a blobs/<algorithm> directory; remove it",
+                )
+                continue
+            for name in names:
+                self._scan_blob(algorithm, name)
+
+    def _scan_blob(self, algorithm: str, name: str) -> None:
+        key = (algorithm, name)
+        file = fs.shown(f"blobs/{algorithm}/{name}")
+        if key in self._blobs:
+            return
+        if not is_blob_name(algorithm, name):
+            self.findings.error(
+                file,
+                None,
+                "stray-blob",
+                f"{file} is not named by a valid {algorithm} digest; "
+                "leftovers such as *.tmp files break the layout, remove it",
+            )
+            return
+        blob = self._blob(key)
+        if blob.entry.status == fs.SYMLINK:
+            self.findings.error(
+                file,
+                None,
+                "blob-symlink",
+                f"{blob.entry.detail}; blobs must be regular files",
+            )
+        elif blob.entry.status == fs.NOT_REGULAR:
+            self.findings.error(
+                file,
+                None,
+                "blob-not-regular",
+                f"{blob.entry.detail}; blobs must be regular files",
+            )
+        elif blob.entry.status != fs.OK:
+            self.findings.error(file, None, "blob-unreadable", blob.entry.detail)
+        elif algorithm in ("sha256", "sha512"):
+            self._compare_digest(blob, key, file, None)
+
+    # Small shared checks
+
+    def _check_schema_version(self, body: dict, file: str) -> None:
+        version = body.get("schemaVersion")
+        if "schemaVersion" not in body:
+            self.findings.error(
+                file,
+                "$",
+                "schema-version-invalid",
+                "schemaVersion is missing; it must be 2",
+            )
+        elif type(version) is not int or version != 2:
+            self.findings.error(
+                file,
+                "$.schemaVersion",
+                "schema-version-invalid",
+                f"schemaVersion is {short(version)}; it must be the integer 2",
+            )
+
+    def _check_own_media_type(
+        self, body: dict, file: str, required: str | None
+    ) -> None:
+        if "mediaType" not in body:
+            self.findings.warning(
+                file,
+                "$",
+                "media-type-missing",
+                "body has no mediaType; it should state its own media type",
+            )
+            return
+        own = body["mediaType"]
+        if not isinstance(own, str) or not own:
+            self.findings.error(
+                file,
+                "$.mediaType",
+                "media-type-invalid",
+                f"mediaType is {short(own)}, not a media type",
+            )
+        elif required is not None and own != required:
+            self.findings.error(
+                file,
+                "$.mediaType",
+                "media-type-mismatch",
+                f"{file} declares mediaType {own!r}; it must be {required!r}",
+            )
+
+    def _required_array(self, body: dict, key: str, file: str) -> list:
+        if key not in body:
+            self.findings.error(
+                file,
+                "$",
+                "field-missing",
+                f"{key!r} is missing; it is a required array",
+            )
+            return []
+        value = body[key]
+        if not isinstance(value, list):
+            self.findings.error(
+                file,
+                f"$.{key}",
+                "field-invalid",
+                f"{key} is {short(value)}, not an array",
+            )
+            return []
+        return value
+
+    def _required_string(self, body: dict, key: str, file: str) -> str | None:
+        if key not in body:
+            self.findings.error(
+                file,
+                "$",
+                "field-missing",
+                f"{key!r} is missing; it is a required string",
+            )
+            return None
+        value = body[key]
+        if not isinstance(value, str):
+            self.findings.error(
+                file,
+                f"$.{key}",
+                "field-invalid",
+                f"{key} is {short(value)}, not a string",
+            )
+            return None
+        return value
