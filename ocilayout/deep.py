@@ -110,7 +110,8 @@ class LayerCheck:
     """The outcome of deep verification for one layer of one image.
 
     ``declared`` is the compression the media type names (None for a media
-    type that names none), ``detected`` the one its magic bytes show.
+    type that names none), ``detected`` the one its magic bytes show. Data
+    with no known magic is read uncompressed and reported as ``tar``.
     ``diff_id`` is None for a non-distributable layer absent from the layout,
     which is skipped.
     """
@@ -435,6 +436,8 @@ def _unzstd_into(stream, sink: Callable[[bytes], None], digest: str, path: str) 
             "zstandard package (pip install zstandard) to verify it"
         ) from None
     total = 0
+    # NOTE: zstandard's stream reader (0.25) ends quietly at a truncated frame,
+    # so a truncated zstd layer surfaces as DiffIDMismatchError, not as corrupt.
     decompressor = zstandard.ZstdDecompressor()
     try:
         with decompressor.stream_reader(
