@@ -2,12 +2,13 @@
 
 ``scan_image`` builds the image's single-platform layout in a private
 temporary workspace and runs the scanner on ``oci-dir:<layout>`` (Trivy:
-``image --input <layout>``). Only when no local layout is possible, because
-the store lacks metadata (``MetadataMissingError``: no blob rows, a child
-manifest body not stored, no database), does it scan
-``registry:<host>/<repo key>/<image>@<digest>`` instead, pinned by digest so
-a moved tag cannot change what is scanned, and it records why. Content that
-is present but wrong (``IntegrityError``) never falls back: the scan fails.
+``image --input <layout>``). When no local layout is possible because the
+store lacks metadata (``MetadataMissingError``: no blob rows, a child
+manifest body not stored, no database), it scans
+``registry:<host>/<repo key>/<image>@<digest>`` instead and records why. The
+reference is pinned by digest, so a moved tag cannot change what is scanned.
+Content that is present but wrong (``IntegrityError``) never falls back, and
+the scan fails.
 
 Registry credentials are a token minted for this one repository with pull
 access only, handed to the scanner through its environment and redacted from
@@ -86,9 +87,9 @@ class RegistryFallback:
 
     ``host`` is the registry authority (``host:port``) and ``insecure`` means
     plain HTTP. Unless ``anonymous`` is set, a pull token is minted with the
-    key from ``token_key`` or the ``OCILAYOUT_TOKEN_KEY_FILE`` or
-    ``OCILAYOUT_TOKEN_KEY`` environment variables; ``audience`` defaults to
-    ``host`` and ``token_ttl`` to the scanner timeout plus a minute.
+    key from ``token_key`` or from the ``OCILAYOUT_TOKEN_KEY_FILE`` or
+    ``OCILAYOUT_TOKEN_KEY`` environment variables. ``audience`` defaults to
+    ``host``, and ``token_ttl`` to the scanner timeout plus a minute.
     """
 
     host: str
@@ -210,7 +211,7 @@ class _Pipeline:
         except ScanError:
             raise
         except OCILayoutError as error:
-            # A message built from scanner output may quote a secret.
+            # No message may carry the minted token, whatever raised it.
             error.args = tuple(self.redact(str(arg)) for arg in error.args)
             raise
         finally:
@@ -321,7 +322,7 @@ class _Pipeline:
         """Find the repository key and the top-level digest to pin the fallback to."""
         request = self.request
         digest = request.digest
-        if digest is None and request.tag and request.tag.startswith("sha"):
+        if digest is None and (request.tag or "").startswith(("sha256:", "sha512:")):
             digest = str(parse_digest(request.tag, "tag"))
         try:
             source, owned = _open_source(self.store)
@@ -450,7 +451,7 @@ class _Pipeline:
                 text for kind, text in completed.problems if kind == "unauthorized"
             )
             raise ScannerFailedError(
-                f"{name} was refused by the registry for {where} "
+                f"{name} was not authorized by the registry for {where} "
                 f"(exit status {completed.returncode}): {line}",
                 scanner=name,
                 kind="unauthorized",

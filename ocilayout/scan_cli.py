@@ -1,9 +1,6 @@
-"""The ``scan`` command: parses options, runs the scan pipeline, maps errors to exit codes.
+"""The ``scan`` command: parse options, run the scan pipeline, map errors to exit codes.
 
-Exit codes: 0 trusted scan, 1 other error, 2 usage, 3 not found, 4 no local
-layout and no usable registry fallback, 5 integrity error (never falls back),
-6 scanner failed or its result is not trusted, 7 scanner binary missing,
-8 scanner timed out, 130 interrupted.
+The exit codes are listed in ``EXIT_CODES``, which ``scan --help`` also shows.
 """
 
 from __future__ import annotations
@@ -18,6 +15,7 @@ from typing import Optional
 import typer
 
 from .errors import IntegrityError, MetadataMissingError, OCILayoutError
+from .scan import FallbackUnavailableError, RegistryFallback, scan_image
 from .scanners import (
     ScannerFailedError,
     ScannerNotFoundError,
@@ -44,6 +42,19 @@ _ERROR_FIELDS = (
 )
 
 
+EXIT_CODES = """\
+0    the scan finished and its result is trusted
+1    other error
+2    invalid usage
+3    image, tag or repository not found
+4    no local layout is possible and no registry fallback could run
+5    stored content is wrong (an integrity error never falls back)
+6    the scanner failed, or its result is not trusted
+7    the scanner binary is missing
+8    the scanner timed out
+130  interrupted (Ctrl-C or SIGTERM)"""
+
+
 class ScannerName(str, Enum):
     grype = "grype"
     syft = "syft"
@@ -52,12 +63,13 @@ class ScannerName(str, Enum):
 
 def register(app: typer.Typer) -> None:
     """Add the ``scan`` command to ``app``."""
-    app.command("scan")(scan)
+    # "\b" keeps click from rewrapping the table.
+    app.command("scan", epilog=f"\b\nExit codes:\n{EXIT_CODES}")(scan)
 
 
 def scan(
     store: Path = typer.Option(
-        ..., "--store", help="Emulator store directory (holds metadata.sqlite3)."
+        ..., "--store", help="Emulator store directory (contains metadata.sqlite3)."
     ),
     digest: Optional[str] = typer.Option(
         None, "--digest", help="Manifest or index digest, sha256:<hex>."
@@ -149,8 +161,6 @@ def scan(
     ),
 ) -> None:
     """Scan one image of the store: from a local OCI layout, else through the registry."""
-    from .scan import RegistryFallback, scan_image
-
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     _install_signal_handlers()
@@ -227,6 +237,8 @@ def _hint_for(error: OCILayoutError) -> str | None:
         )
     if isinstance(error, ScannerFailedError):
         return "the scan result is not trusted; read the scanner's stderr above"
+    if isinstance(error, FallbackUnavailableError):
+        return "give the options the message names, so the fallback can pin the image"
     if isinstance(error, MetadataMissingError):
         return (
             "no local layout is possible; pass --registry HOST to scan the image "

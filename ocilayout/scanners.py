@@ -129,8 +129,8 @@ class ScanReport:
     """A scanner's report reduced to what every profile can provide.
 
     ``vulnerabilities`` is None for syft, which catalogs packages only.
-    ``layer_count`` is how many layers the report says the image has, or
-    None when the report does not say.
+    ``layer_count`` is the number of image layers the report lists, or None
+    when the report lists none.
     """
 
     scanner: str
@@ -469,8 +469,8 @@ def classify_line(line: str) -> str | None:
     """Return ``fatal`` or ``unauthorized`` for a stderr line that means failure.
 
     ``line`` must already have its ANSI colour codes removed. A WARN, INFO or
-    DEBUG line is never fatal; an ERROR or FATAL line, a Go panic, or one that
-    reports a failed read, fetch or catalog step is.
+    DEBUG line is never fatal. An ERROR or FATAL line is fatal, and so is an
+    unlabelled line with a Go panic or a failed read, fetch or catalog step.
     """
     level = _LEVEL.search(line)
     if level is not None and level["level"] not in ("ERROR", "FATAL"):

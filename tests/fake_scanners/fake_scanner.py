@@ -2,8 +2,9 @@
 """STAND-IN SCANNER for tests: this is not syft, grype or trivy.
 
 It parses the output options that ocilayout passes to the real scanners
-(``-o FORMAT=FILE`` for syft and grype, ``--output FILE`` for trivy) and acts
-as ``FAKE_SCANNER_MODE`` says; see README.md in this folder.
+(``-o FORMAT=FILE`` for syft and grype, ``--output FILE`` for trivy) and
+behaves as ``FAKE_SCANNER_MODE`` selects. README.md in this folder lists the
+modes.
 """
 
 import itertools
