@@ -361,16 +361,19 @@ def add_serve_command(
     return parser
 
 
-def run_serve(arguments: argparse.Namespace) -> int:
-    """Serve until interrupted (Ctrl-C or SIGTERM); return the exit status."""
+def run_serve(arguments: argparse.Namespace) -> None:
+    """Serve until interrupted (Ctrl-C or SIGTERM).
+
+    Raises UsageError for an unreadable public key and OSError when the port
+    cannot be bound.
+    """
     try:
         public_key = load_public_key(arguments.public_key)
     except (OSError, ValueError) as exc:
-        print(
-            f"error: cannot load public key {arguments.public_key}: {exc}",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError(
+            f"cannot load public key {arguments.public_key}: {exc}; give a PEM "
+            "public key (or the private key) of the token signer"
+        ) from None
     server = RegistryServer(
         arguments.store,
         public_key,
@@ -379,7 +382,8 @@ def run_serve(arguments: argparse.Namespace) -> int:
         issuer=arguments.issuer,
     )
     print(
-        f"serving {server.store} at {server.url} (service {server.service})", flush=True
+        f"serving {server.store} at {server.url} (service {server.service})",
+        flush=True,
     )
     signal.signal(signal.SIGTERM, lambda signum, frame: _interrupt())
     try:
@@ -388,7 +392,6 @@ def run_serve(arguments: argparse.Namespace) -> int:
         pass
     finally:
         server.server_close()
-    return 0
 
 
 def _interrupt() -> None:
@@ -404,10 +407,14 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        return arguments.run(arguments)
+        arguments.run(arguments)
     except OCILayoutError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -780,7 +780,8 @@ def test_serve_command_binds_loopback(pushed_single, keys):
         [
             sys.executable,
             "-m",
-            "emulator.serve",
+            "emulator",
+            "serve",
             "--store",
             str(pushed_single.store.root),
             "--port",
