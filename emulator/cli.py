@@ -5,6 +5,7 @@ Usage::
     python -m emulator init DIR
     python -m emulator push --store DIR --repo KEY --image NAME [--tag TAG] SOURCE
     python -m emulator make-image --out DIR [--platform P ...] [--attestation]
+    python -m emulator serve --store DIR --port N --public-key FILE
 
 Errors print one ``error:`` line, and a ``hint:`` line where the fix is known,
 and exit with the code of the error class (see ocilayout.errors).
@@ -22,6 +23,7 @@ from ocilayout.errors import OCILayoutError
 
 from .imagegen import COMPRESSIONS, DEBIAN_PACKAGES, host_platform, make_image
 from .push import push
+from .serve import add_serve_command, run_serve
 from .store import EmulatorStore
 
 _HINTS = {
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="gzip",
         help="layer compression; tar means uncompressed",
     )
+    add_serve_command(commands)
     return parser
 
 
@@ -117,6 +120,8 @@ def run(arguments: argparse.Namespace) -> None:
             allow_partial=arguments.allow_partial,
         )
         print(digest)
+    elif arguments.command == "serve":
+        run_serve(arguments)
     else:
         result = make_image(
             arguments.out,
