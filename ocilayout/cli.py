@@ -50,6 +50,10 @@ _HINTS: list[tuple[type, str]] = [
 ]
 
 
+# Exit code of `check` for a layout with errors, the integrity failure code.
+EXIT_INVALID_LAYOUT = 5
+
+
 class Shape(str, Enum):
     scan = "scan"
     full = "full"
@@ -241,9 +245,38 @@ def build(
 
 
 @app.command()
+def check(
+    layout: Path = typer.Argument(..., help="OCI image layout directory to validate."),
+    deep: bool = typer.Option(False, "--deep", help="Also decompress each layer and check its diff_id."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Validate an OCI image layout and report every problem and which consumers can read it.
+
+    Exits 0 when the layout has no errors (warnings allowed) and 5 when it has errors.
+    """
+    from .check import check_layout, format_report
+
+    report = check_layout(layout, deep=deep)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        typer.echo(format_report(report))
+    raise typer.Exit(0 if report.ok else EXIT_INVALID_LAYOUT)
+
+
+@app.command()
 def version() -> None:
     """Print the ocilayout version."""
     typer.echo(__version__)
+
+
+def _register_commands() -> None:
+    from .scan_cli import register
+
+    register(app)
+
+
+_register_commands()
 
 
 def main() -> None:
