@@ -83,7 +83,7 @@ class FallbackUnavailableError(MetadataMissingError):
 
 @dataclass(frozen=True)
 class RegistryFallback:
-    """Where to scan when no local layout is possible, and with what credentials.
+    """The registry to scan through when no local layout is possible.
 
     ``host`` is the registry authority (``host:port``) and ``insecure`` means
     plain HTTP. Unless ``anonymous`` is set, a pull token is minted with the
