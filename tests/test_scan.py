@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -278,6 +279,38 @@ def test_fallback_index_names_child_digest(pushed_multi, keys):
     assert pushed_multi.digest not in document["target"]
     assert document["fallback"]["target_digest"] == child
     assert document["fallback"]["names_image_manifest"] is True
+    assert document["package_count"] == pushed_multi.source.package_count
+
+
+def test_fallback_child_body_missing_names_child(pushed_multi, keys, tmp_path):
+    child = pushed_multi.source.manifests[host_platform()]
+    local = tmp_path / "local-store"
+    local.mkdir()
+    shutil.copyfile(pushed_multi.store.database_path, local / "metadata.sqlite3")
+    connection = sqlite3.connect(local / "metadata.sqlite3")
+    with connection:
+        connection.execute(
+            "UPDATE artifacts SET is_deleted = 1 WHERE storage_key = ?",
+            (f"oci-manifests/{child}",),
+        )
+    connection.close()
+
+    # The registry serves the intact store; only the local metadata lacks the child.
+    with serving(pushed_multi.store.root, keys) as server:
+        code, document, _ = scan_json(
+            "--store",
+            local,
+            "--image",
+            pushed_multi.image,
+            "--tag",
+            pushed_multi.tag,
+            *registry_args(server, keys),
+        )
+
+    assert code == 0, document
+    assert document["fallback"]["reason"] == "manifest-body-missing"
+    assert document["fallback"]["missing_digest"] == child
+    assert document["target"] == f"registry:{server.authority}/{REPOSITORY}@{child}"
     assert document["package_count"] == pushed_multi.source.package_count
 
 
