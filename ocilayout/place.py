@@ -176,8 +176,7 @@ def _hardlink(
     hashed = not (verified is not None and verified(identity))
     if hashed:
         actual, _ = hash_fd(fd, expected, progress)
-        after = FileIdentity.of(os.fstat(fd))
-        if after != identity:
+        if not _unchanged(before, os.fstat(fd)):
             raise IntegrityError(
                 f"blob file {path} changed while it was being verified"
             )
@@ -188,20 +187,34 @@ def _hardlink(
     elif progress is not None:
         progress(before.st_size)
     os.link(path, target, follow_symlinks=False)
-    # Linking updates ctime, so only the fields a link leaves alone are compared.
-    linked = FileIdentity.of(os.stat(target, follow_symlinks=False))
-    if (linked.device, linked.inode, linked.size, linked.mtime_ns) != (
-        identity.device,
-        identity.inode,
-        identity.size,
-        identity.mtime_ns,
-    ):
+    linked = os.stat(target, follow_symlinks=False)
+    if not _unchanged(before, linked):
         os.unlink(target)
         raise IntegrityError(
             f"blob file {path} was replaced or changed between verification "
             "and linking"
         )
-    return hashed, linked
+    return hashed, FileIdentity.of(linked)
+
+
+def _unchanged(before: os.stat_result, after: os.stat_result) -> bool:
+    """Tell whether a file kept its content between two stat calls.
+
+    A link or unlink (ours or a concurrent build's) moves ctime but also the
+    link count, so a ctime change is accepted only together with a link count
+    change. A write, truncate, chmod or utime moves ctime alone.
+    """
+    same_file = (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns) == (
+        after.st_dev,
+        after.st_ino,
+        after.st_size,
+        after.st_mtime_ns,
+    )
+    if not same_file:
+        return False
+    return (
+        before.st_ctime_ns == after.st_ctime_ns or before.st_nlink != after.st_nlink
+    )
 
 
 def _private_copy(

@@ -15,7 +15,6 @@ import pytest
 
 from ocilayout import (
     DigestMismatchError,
-    IntegrityError,
     UsageError,
     build_layout,
     temporary_layout,
@@ -495,12 +494,6 @@ def test_concurrent_writers_keep_every_entry(tmp_path):
     assert shared_rows == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IntegrityError,
-    reason="place.py compares ctime after hashing, and a link made by another "
-    "build moves ctime, so concurrent hardlink builds of a shared blob fail",
-)
 def test_link_during_hashing_keeps_build(pushed_single, tmp_path):
     repo = pushed_single.store.repository("docker-local")
     store_files = sorted((Path(repo.storage_path) / "oci-blobs").iterdir())
