@@ -288,8 +288,12 @@ class GrypeProfile(Profile):
 
     grype's native JSON report lists matches but not the packages it
     catalogued, so a second output, CycloneDX JSON, supplies the package list
-    that the zero-package check needs. Writing two outputs with
-    ``-o FORMAT=FILE`` needs a grype release that accepts it (0.74 or later).
+    that the zero-package check needs.
+
+    NOTE: grype is not installed here, so this profile is tested only with
+    hand-made reports. Writing two outputs needs a grype whose ``-o`` accepts
+    ``FORMAT=FILE``, as grype's own option help describes; older releases
+    do not, and then fail with an error this pipeline reports.
     """
 
     name = "grype"
