@@ -1,6 +1,6 @@
 """Write the image-shape corpus: one small OCI layout per image shape seen in stores.
 
-Each shape folder holds ``layout/``, an OCI image layout whose ``index.json``
+Each shape folder contains ``layout/``, an OCI image layout whose ``index.json``
 names the shape's image ``latest`` (the referrer shape adds ``sbom`` and
 ``signature``), and a README.md that says how the layout was made and what
 ``ocilayout build`` is expected to do with it.
@@ -174,7 +174,7 @@ class Image:
 
 
 def add_layer(writer: LayoutWriter, tar: bytes, media_type: str, **extra) -> Layer:
-    """Compress ``tar`` as ``media_type`` says and store it as a layer blob."""
+    """Compress ``tar`` as ``media_type`` requires and store it as a layer blob."""
     data = compress(tar, mt.compression_of(media_type))
     descriptor = writer.add_blob(media_type, data, **extra)
     return Layer(descriptor, "sha256:" + hashlib.sha256(tar).hexdigest())
@@ -342,7 +342,7 @@ def windows_image(
     """Add a Docker v2 windows/amd64 image with six under Files/.
 
     With ``foreign``, the first layer is a non-distributable base layer with
-    ``urls``, as Windows base images had until 2023.
+    ``urls``, as Windows base images long had.
     """
     layers = []
     if foreign:
@@ -456,7 +456,8 @@ def shape_helm_chart(writer: LayoutWriter, trees: Trees) -> dict:
         HELM_CHART, _tar_gz(chart), annotations={TITLE_ANNOTATION: "demo-0.1.0.tgz"}
     )
     config = {"apiVersion": "v2", "name": "demo", "version": "0.1.0"}
-    # Helm 3.8 to 3.12 wrote chart manifests without a top-level mediaType.
+    # Helm releases built on oras-go v1 pushed chart manifests without a
+    # top-level mediaType, because oras-go v1 packs manifests without one.
     manifest = {
         "schemaVersion": 2,
         "config": writer.add_json(HELM_CONFIG, config),
@@ -603,7 +604,9 @@ SHAPES = [
         "that descriptor: a buildx single-platform result (linux/amd64 image and "
         "its provenance attestation) appended to an index.",
         "The scan shape follows both indexes to the linux/amd64 image; the full "
-        "shape holds both indexes.",
+        "shape holds both indexes, which skopeo 1.9 inspects but cannot copy "
+        "with --all. NOTE: an unmatched --platform should list linux/amd64 as "
+        "offered, but ocilayout lists the nested index as (no platform).",
     ),
     Shape(
         "docker-manifest-list",
@@ -620,7 +623,10 @@ SHAPES = [
         "then linux/amd64, each with a provenance attestation.",
         "The scan shape picks the requested platform from either nested index "
         "and, without --platform, the host's; the full shape holds all three "
-        "indexes.",
+        "indexes, which skopeo 1.9 inspects but cannot copy with --all. NOTE: "
+        "without --platform ocilayout picks from the first nested index even "
+        "when a later one holds the host's platform, and --shape full with "
+        "--platform finds no child.",
     ),
     Shape(
         "windows-os-version",
@@ -629,7 +635,8 @@ SHAPES = [
         f"{WINDOWS_2019} then {WINDOWS_2022}, with six under Files/ as Windows "
         "layers store files.",
         "A request with an os.version picks the child whose os.version it "
-        "equals or prefixes; without one, the first child wins; syft finds six.",
+        "equals or prefixes; without one, the first child wins; syft finds six; "
+        "skopeo 1.9 rejects Docker media types in an OCI layout.",
     ),
     Shape(
         "arm-variants",
@@ -664,7 +671,8 @@ SHAPES = [
         shape_foreign_layer_present,
         f"A Docker v2 windows/amd64 ({WINDOWS_2019}) image whose base layer has "
         "the Docker foreign media type and urls; the layout holds its blob.",
-        "Both shapes build with the foreign layer placed; syft finds six.",
+        "Both shapes build with the foreign layer placed; syft finds six; "
+        "skopeo 1.9 rejects Docker media types in an OCI layout.",
     ),
     Shape(
         "foreign-layer-absent",
@@ -672,14 +680,15 @@ SHAPES = [
         "The foreign-layer-present image with the foreign layer's blob removed "
         "from the layout, as a registry holds it when the pusher skipped it.",
         "Both shapes build and warn that the foreign layer was left out; nothing "
-        "is fetched from its urls.",
+        "is fetched from its urls. syft 1.18 cannot read the layout, because it "
+        "opens every layer the manifest lists.",
     ),
     Shape(
         "helm-chart",
         shape_helm_chart,
         "A Helm chart artifact: config application/vnd.cncf.helm.config.v1+json, "
-        "one chart tar+gzip layer, and no top-level mediaType, as Helm 3.8-3.12 "
-        "pushed it.",
+        "one chart tar+gzip layer, and no top-level mediaType, as Helm releases "
+        "built on oras-go v1 pushed it.",
         'The scan shape fails with exit 1, "not a container image"; the full '
         "shape copies the artifact.",
     ),
@@ -713,15 +722,19 @@ SHAPES = [
         "A linux/amd64 OCI image (ref latest) plus two OCI 1.1 referrers whose "
         "subject is that image: an SPDX SBOM (ref sbom) and a Notation-style "
         "signature (ref signature), both with the empty config.",
-        "The image builds; --referrers adds both referrers to index.json; "
-        'building a referrer itself fails with "not a container image".',
+        "The image builds; --referrers adds both referrers to index.json and "
+        "skopeo copies the full layout; building a referrer itself fails with "
+        '"not a container image". NOTE: --referrers with the scan shape also '
+        "adds them, and syft rejects an index.json with three entries.",
     ),
     Shape(
         "sha512-image",
         shape_sha512_image,
         "One OCI manifest for linux/amd64 whose manifest, config and layers are "
         "all addressed by sha512 (diff_ids stay sha256).",
-        "Both shapes build with blobs under blobs/sha512.",
+        "Both shapes build with blobs under blobs/sha512. skopeo 1.9 reads the "
+        "manifest but its copy recomputes digests as sha256 and fails; syft 1.18 "
+        'rejects the layout ("unsupported hash").',
         Sha512LayoutWriter,
     ),
 ]
