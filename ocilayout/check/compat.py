@@ -1,8 +1,11 @@
 """Which known consumers can read a layout, and why not.
 
-The rules restate behaviour measured with skopeo 1.9.3, umoci 0.4.7 and
-syft 1.18.1 (Grype shares syft's stereoscope loader); the spec-fixtures
-tests compare them with the real binaries on every corpus case.
+The rules restate behaviour measured on the spec-fixtures corpus with
+skopeo 1.9.3 (``skopeo copy oci:DIR:REF dir:OUT``), umoci 0.4.7
+(``umoci unpack --rootless --image DIR:REF``) and syft 1.18.1 (``syft scan
+oci-dir:DIR``); Grype shares syft's stereoscope loader. A layout with
+errors is reported unreadable for every consumer, even where a lenient
+consumer reads it anyway, because its content cannot be trusted.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from .. import mediatypes as mt
 from ..platforms import host_platform
 from .walk import Entry, Target
 
+CONSUMERS = ("syft", "grype", "skopeo", "umoci")
 OCI_ENTRY_TYPES = frozenset({mt.OCI_MANIFEST, mt.OCI_INDEX})
 
 
@@ -23,14 +27,14 @@ def summarize(
     if error_codes:
         codes = ", ".join(sorted(set(error_codes)))
         reason = f"the layout has errors ({codes}); fix them first"
-        return {name: (False, reason) for name in ("syft", "grype", "skopeo", "umoci")}
+        return {name: (False, reason) for name in CONSUMERS}
 
     stereoscope = _stereoscope(entries)
     return {
         "syft": stereoscope,
         "grype": stereoscope,
-        "skopeo": _skopeo(entries),
-        "umoci": _umoci(entries),
+        "skopeo": _by_entry(entries, _skopeo_problem, "skopeo"),
+        "umoci": _by_entry(entries, _umoci_problem, "umoci"),
     }
 
 
@@ -44,91 +48,115 @@ def _stereoscope(entries: list[Entry]) -> tuple[bool, str]:
     if entry.ref.media_type not in mt.MANIFEST_TYPES:
         return False, (
             f"the descriptor in index.json is {entry.ref.media_type}; stereoscope "
-            "needs an OCI or Docker v2 image manifest there, not an index"
+            "needs an OCI or Docker v2 image manifest there"
         )
-    if entry.target is None or not entry.target.platform_specific:
-        return False, "the manifest in index.json is an artifact, not a container image"
+    problem = _sha256_problem(entry.target) or _layer_type_problem(entry.target)
+    if problem:
+        return False, problem
     return True, "index.json holds exactly one image manifest"
 
 
-def _skopeo(entries: list[Entry]) -> tuple[bool, str]:
-    names = _unique_names(entries)
+def _by_entry(entries: list[Entry], judge, consumer: str) -> tuple[bool, str]:
+    """Collect the index.json entries ``judge`` finds readable, with reasons for the rest."""
+    names = Counter(e.ref_name for e in entries if e.ref_name is not None)
     readable = []
     reasons = []
     for entry in entries:
-        address = entry.ref_name if entry.ref_name in names else None
-        if address is None and len(entries) == 1:
-            address = "(no ref)"
-        problem = _oci_image_problem(entry, "skopeo")
-        if address is None:
-            problem = problem or "has no unique ref name to address it"
+        unique = entry.ref_name is not None and names[entry.ref_name] == 1
+        problem = judge(entry, unique, len(entries))
         if problem:
             reasons.append(f"{entry.ref.path} {problem}")
         else:
-            readable.append(address)
-    return _verdict(readable, reasons, "skopeo")
+            readable.append(entry.ref_name or "the only image")
+    if readable:
+        return True, "readable: " + ", ".join(readable)
+    if not reasons:
+        return False, f"index.json lists nothing for {consumer} to read"
+    return False, "; ".join(reasons)
 
 
-def _umoci(entries: list[Entry]) -> tuple[bool, str]:
-    names = _unique_names(entries)
-    readable = []
-    reasons = []
-    for entry in entries:
-        problem = _oci_image_problem(entry, "umoci")
-        if entry.ref_name not in names:
-            problem = (
-                problem or "has no unique ref name, which umoci needs to address it"
-            )
-        if problem:
-            reasons.append(f"{entry.ref.path} {problem}")
-        else:
-            readable.append(entry.ref_name)
-    return _verdict(readable, reasons, "umoci")
-
-
-def _oci_image_problem(entry: Entry, consumer: str) -> str | None:
+def _skopeo_problem(entry: Entry, unique: bool, count: int) -> str | None:
+    if not unique and count != 1:
+        return "has no unique ref name to address it by"
     if entry.ref.media_type not in OCI_ENTRY_TYPES:
-        return f"is {entry.ref.media_type}; {consumer} reads only OCI media types in index.json"
-    if entry.target is None:
-        return "could not be checked"
-    if entry.target.kind == "index" and _host_child(entry.target) is None:
-        host = host_platform()
+        return f"is {entry.ref.media_type}; skopeo reads only OCI types in index.json"
+    target = entry.target
+    if target is not None and target.kind == "index":
+        target = _host_child(target)
+        if target is None:
+            return f"is an index without an image for this host ({_host()})"
+        if target.kind != "manifest":
+            return "nests an index in an index, which skopeo 1.9.3 does not resolve"
+    return _sha256_problem(target)
+
+
+def _umoci_problem(entry: Entry, unique: bool, count: int) -> str | None:
+    if not unique:
+        return "has no unique ref name, which umoci needs to address it"
+    if entry.ref.media_type not in OCI_ENTRY_TYPES:
+        return f"is {entry.ref.media_type}; umoci reads only OCI types in index.json"
+    manifests = _manifests_below(entry.target)
+    if len(manifests) != 1:
         return (
-            f"is an index with no image for this host ({host.os}/{host.architecture})"
+            f"leads to {len(manifests)} image manifests; umoci needs exactly one "
+            "and does not choose by platform"
         )
-    if not _image(entry.target):
+    target = manifests[0]
+    if target.config_media_type != mt.OCI_CONFIG:
+        return "is an artifact; umoci unpacks only OCI image configs"
+    if mt.OCI_LAYER_ZSTD in target.layer_media_types:
+        return "has a zstd layer, which umoci 0.4.7 cannot unpack"
+    return _sha256_problem(target)
+
+
+def _sha256_problem(target: Target | None) -> str | None:
+    if target is None:
+        return "could not be checked"
+    others = sorted(target.algorithms - {"sha256"})
+    if others:
+        return (
+            f"uses {', '.join(others)} digests; skopeo 1.9.3, umoci 0.4.7 and "
+            "syft 1.18.1 verify only sha256"
+        )
+    return None
+
+
+def _layer_type_problem(target: Target | None) -> str | None:
+    if target is None:
+        return "could not be checked"
+    for media_type in target.layer_media_types:
+        if media_type is None or mt.compression_of(media_type) is None:
+            return f"has a layer of media type {media_type}, which stereoscope rejects"
+    if not target.platform_specific:
         return "is an artifact, not a container image"
     return None
 
 
+def _manifests_below(target: Target | None) -> list[Target]:
+    if target is None:
+        return []
+    if target.kind == "manifest":
+        return [target]
+    found = []
+    for _, child in target.children:
+        found.extend(_manifests_below(child))
+    return found
+
+
+def _host() -> str:
+    host = host_platform()
+    return f"{host.os}/{host.architecture}"
+
+
 def _host_child(index: Target) -> Target | None:
     host = host_platform()
-    for platform, child in zip(index.platforms, index.children):
-        if (
-            platform.get("os") == host.os
-            and platform.get("architecture") == host.architecture
+    for platform, child in index.children:
+        if platform is None:
+            continue
+        if (platform.get("os"), platform.get("architecture")) != (
+            host.os,
+            host.architecture,
         ):
-            return child if child.kind == "manifest" else _host_child(child)
+            continue
+        return child
     return None
-
-
-def _image(target: Target) -> bool:
-    if target.kind == "index":
-        child = _host_child(target)
-        return child is not None and child.platform_specific
-    return target.platform_specific
-
-
-def _unique_names(entries: list[Entry]) -> set[str]:
-    counts = Counter(e.ref_name for e in entries if e.ref_name is not None)
-    return {name for name, count in counts.items() if count == 1}
-
-
-def _verdict(
-    readable: list[str], reasons: list[str], consumer: str
-) -> tuple[bool, str]:
-    if readable:
-        return True, "readable: " + ", ".join(readable)
-    if not reasons:
-        return False, f"index.json lists no image for {consumer} to read"
-    return False, "; ".join(reasons)

@@ -141,8 +141,12 @@ class LayoutFiles:
             try:
                 child = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
+                entry = _entry_for_error(exc, where)
+                if exc.errno == errno.ENOTDIR and _is_symlink(fd, part):
+                    # O_NOFOLLOW with O_DIRECTORY fails with ENOTDIR on a link.
+                    entry = Entry(SYMLINK, 0, f"{shown(where)} is a symbolic link")
                 self._close_parent(fd)
-                return None, _entry_for_error(exc, where)
+                return None, entry
             self._close_parent(fd)
             fd = child
         return fd, Entry(OK)
@@ -177,6 +181,13 @@ class LayoutFiles:
         # Reads are blocking from here on; O_NONBLOCK only guarded the open.
         os.set_blocking(fd, True)
         return fd, Entry(OK, info.st_size)
+
+
+def _is_symlink(parent: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _entry_for_error(exc: OSError, where: str) -> Entry:

@@ -43,13 +43,19 @@ class Entry:
 
 @dataclass
 class Target:
-    """What a manifest or index body contains, as far as compatibility needs."""
+    """What a manifest or index body contains, as far as compatibility needs.
+
+    ``algorithms`` holds the digest algorithms of this body and of every
+    descriptor below it; ``children`` pairs an index's valid child targets
+    with the platform their descriptor declares.
+    """
 
     kind: str
+    algorithms: set[str] = field(default_factory=set)
     config_media_type: str | None = None
     config_platform: tuple[str | None, str | None, str | None] | None = None
-    children: list[Target] = field(default_factory=list)
-    platforms: list[dict] = field(default_factory=list)
+    layer_media_types: list[str | None] = field(default_factory=list)
+    children: list[tuple[dict | None, Target]] = field(default_factory=list)
 
     @property
     def platform_specific(self) -> bool:
@@ -217,6 +223,15 @@ class Walker:
         check_artifact_type(self.findings, body, file, "$")
         check_annotations(self.findings, body, file, "$")
 
+        self._check_manifest_list(body, file, depth, top, target)
+        if top:
+            self._check_ref_names()
+        self._check_subject(body, file, depth)
+        return target
+
+    def _check_manifest_list(
+        self, body: dict, file: str, depth: int, top: bool, target: Target
+    ) -> None:
         manifests = self._required_array(body, "manifests", file)
         for i, value in enumerate(manifests):
             path = f"$.manifests[{i}]"
@@ -225,9 +240,8 @@ class Walker:
                 continue
             child = self._check_index_entry(ref, depth)
             if child is not None:
-                target.children.append(child)
-            if ref.platform is not None:
-                target.platforms.append(ref.platform)
+                target.children.append((ref.platform, child))
+                target.algorithms |= child.algorithms
             if top:
                 self.entries.append(
                     Entry(ref, ref.annotations.get(REF_NAME_KEY), child)
@@ -240,11 +254,6 @@ class Walker:
                     "org.opencontainers.image.ref.name is meaningful only on "
                     "index.json descriptors; readers ignore it here",
                 )
-
-        if top:
-            self._check_ref_names()
-        self._check_subject(body, file, depth)
-        return target
 
     def _check_index_entry(self, ref: Ref, depth: int) -> Target | None:
         target = self._follow(ref, depth)
@@ -342,11 +351,17 @@ class Walker:
             self._compare_diff_ids(config_ref, config, layers, file)
         self._check_subject(body, file, depth)
 
-        target = Target(
-            "manifest", config_media_type=config_ref.media_type if config_ref else None
-        )
+        target = Target("manifest")
+        if config_ref is not None:
+            target.config_media_type = config_ref.media_type
+            target.algorithms.add(config_ref.algorithm)
         if config is not None:
             target.config_platform = (config.os, config.architecture, config.variant)
+        for layer in layers or []:
+            if layer is not None:
+                target.layer_media_types.append(layer.media_type)
+                target.algorithms.add(layer.algorithm)
+        target.algorithms.discard(None)
         return target
 
     def _check_artifact_type_needed(
@@ -568,6 +583,7 @@ class Walker:
                 target = self._check_manifest(body, ref.blob_file, depth)
         finally:
             self._stack.pop()
+        target.algorithms.add(ref.algorithm)
         self._targets[memo] = target
         return target
 
