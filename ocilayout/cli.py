@@ -89,7 +89,7 @@ def _fail(error: OCILayoutError, as_json: bool) -> None:
                 "exit_code": error.exit_code,
             },
         }
-        for attribute in ("reason", "digest", "path", "candidates"):
+        for attribute in ("reason", "digest", "manifest", "path", "candidates"):
             value = getattr(error, attribute, None)
             if value is not None:
                 payload["error"][attribute] = value

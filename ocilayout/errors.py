@@ -50,16 +50,25 @@ class MetadataMissingError(OCILayoutError):
     """The store lacks metadata or content needed for a local layout.
 
     ``reason`` is a short machine-readable code (for example
-    ``no-blob-rows`` or ``child-body-missing``) that a scan pipeline reports
-    when it falls back to the registry.
+    ``no-blob-rows`` or ``manifest-body-missing``) that a scan pipeline
+    reports when it falls back to the registry. ``digest`` names what is
+    missing; ``manifest`` names the image manifest being resolved when it is
+    known, which for an index is the chosen child.
     """
 
     exit_code = 4
 
-    def __init__(self, message: str, reason: str, digest: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        reason: str,
+        digest: str | None = None,
+        manifest: str | None = None,
+    ):
         super().__init__(message)
         self.reason = reason
         self.digest = digest
+        self.manifest = manifest
 
 
 class IntegrityError(OCILayoutError):

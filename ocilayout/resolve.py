@@ -397,6 +397,7 @@ class _Resolver:
                 f"{self.repo.key}",
                 reason="no-blob-rows",
                 digest=str(digest),
+                manifest=str(digest),
             )
         by_key: dict[tuple[str, str], object] = {}
         for row in rows:
@@ -413,7 +414,7 @@ class _Resolver:
             key = (kind, str(descriptor.digest))
             row = by_key.get(key)
             used.add(key)
-            planned.append(self._plan_one(where, kind, descriptor, row))
+            planned.append(self._plan_one(digest, kind, descriptor, row))
         extra = sorted(set(by_key) - used)
         if extra:
             listed = ", ".join(f"{kind} {d}" for kind, d in extra)
@@ -423,8 +424,9 @@ class _Resolver:
             )
         return planned
 
-    def _plan_one(self, where: str, kind: str, descriptor: Descriptor,
+    def _plan_one(self, manifest_digest: Digest, kind: str, descriptor: Descriptor,
                   row) -> PlannedBlob:
+        where = f"manifest {manifest_digest}"
         if row is None or row.storage_key is None:
             if kind == "layer" and _may_be_absent(descriptor):
                 return PlannedBlob(descriptor, kind, None)
@@ -436,6 +438,7 @@ class _Resolver:
                 f"{where}: {problem} for {kind} {descriptor.digest}",
                 reason="blob-row-missing",
                 digest=str(descriptor.digest),
+                manifest=str(manifest_digest),
             )
         if row.size != descriptor.size:
             raise IntegrityError(

@@ -305,6 +305,8 @@ class _Pipeline:
                 digest=missing.digest,
             )
         repository, top = self._locate_top(missing)
+        if missing.reason == "blob-row-missing" and missing.manifest:
+            return repository, self.request.image, missing.manifest, True
         if missing.reason in _MANIFEST_REASONS and missing.digest:
             # The manifest resolution reached: for an index, the chosen child.
             return (
@@ -313,9 +315,9 @@ class _Pipeline:
                 missing.digest,
                 missing.reason == "no-blob-rows",
             )
-        # NOTE: for other reasons (a single blob row missing, no database) the
-        # error does not name the chosen child, so an index is scanned by its
-        # own digest and the scanner picks the platform.
+        # NOTE: when the database itself is unavailable the chosen child is
+        # unknown, so an index is scanned by its own digest and the scanner
+        # picks the platform.
         return repository, self.request.image, top, False
 
     def _locate_top(self, missing: MetadataMissingError) -> tuple[str, str]:

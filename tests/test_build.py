@@ -303,6 +303,7 @@ def test_one_blob_row_missing_exit_4(pushed_single, tmp_path):
 
     assert caught.value.reason == "blob-row-missing"
     assert caught.value.digest == layer
+    assert caught.value.manifest == pushed_single.digest
 
 
 def test_unknown_digest_exit_3(pushed_single, tmp_path):
