@@ -78,24 +78,32 @@ def _hint_for(error: OCILayoutError) -> str | None:
     return None
 
 
+# Attributes of an error copied into the JSON failure document when set.
+ERROR_FIELDS = ("reason", "digest", "manifest", "path", "candidates")
+
+
+def error_document(
+    error: OCILayoutError, hint: str | None, fields: tuple[str, ...] = ERROR_FIELDS
+) -> dict:
+    """Return the ``{"ok": false, "error": {...}}`` document printed by ``--json``."""
+    document = {
+        "type": type(error).__name__,
+        "message": str(error),
+        "exit_code": error.exit_code,
+    }
+    for name in fields:
+        value = getattr(error, name, None)
+        if value is not None:
+            document[name] = value
+    if hint:
+        document["hint"] = hint
+    return {"ok": False, "error": document}
+
+
 def _fail(error: OCILayoutError, as_json: bool) -> None:
     hint = _hint_for(error)
     if as_json:
-        payload = {
-            "ok": False,
-            "error": {
-                "type": type(error).__name__,
-                "message": str(error),
-                "exit_code": error.exit_code,
-            },
-        }
-        for attribute in ("reason", "digest", "manifest", "path", "candidates"):
-            value = getattr(error, attribute, None)
-            if value is not None:
-                payload["error"][attribute] = value
-        if hint:
-            payload["error"]["hint"] = hint
-        typer.echo(json.dumps(payload, indent=2))
+        typer.echo(json.dumps(error_document(error, hint), indent=2))
     else:
         typer.echo(f"error: {error}", err=True)
         if hint:

@@ -30,6 +30,7 @@ REGISTRY_ENV = "OCILAYOUT_REGISTRY"
 _ERROR_FIELDS = (
     "reason",
     "digest",
+    "manifest",
     "path",
     "candidates",
     "scanner",
@@ -255,18 +256,10 @@ def _hint_for(error: OCILayoutError) -> str | None:
 def _fail(error: OCILayoutError, as_json: bool) -> None:
     hint = _hint_for(error)
     if as_json:
-        document = {
-            "type": type(error).__name__,
-            "message": str(error),
-            "exit_code": error.exit_code,
-        }
-        for name in _ERROR_FIELDS:
-            value = getattr(error, name, None)
-            if value is not None:
-                document[name] = value
-        if hint:
-            document["hint"] = hint
-        typer.echo(json.dumps({"ok": False, "error": document}, indent=2))
+        from .cli import error_document
+
+        document = error_document(error, hint, _ERROR_FIELDS)
+        typer.echo(json.dumps(document, indent=2))
     else:
         fallback = getattr(error, "fallback", None)
         if fallback:
