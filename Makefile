@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages of the real consumers the tests run.
 DEBIAN_PACKAGES := skopeo umoci
 
-.PHONY: demo test bench system-packages clean
+.PHONY: demo test bench system-packages postgres-packages clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +26,20 @@ system-packages:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
+# A real PostgreSQL server and a real distribution registry for the source tests.
+postgres-packages:
+	@command -v /usr/lib/postgresql/15/bin/initdb >/dev/null \
+	  && command -v docker-registry >/dev/null \
+	  || DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	  postgresql docker-registry
+
 demo: $(STAMP) system-packages
 	$(PY) -m emulator.demo
 
-test: $(STAMP) system-packages
+test: $(STAMP) system-packages postgres-packages
 	$(PY) -m pytest -q
 
-bench: $(STAMP) system-packages
+bench: $(STAMP) system-packages postgres-packages
 	$(PY) -m pytest -q benchmarks --benchmark-only
 
 clean:
