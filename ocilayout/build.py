@@ -18,7 +18,6 @@ from typing import Callable, Iterator
 
 from . import mediatypes as mt
 from .cache import VerifyCache, remove_layout
-from .deep import verify_manifests
 from .digest import Digest, parse_digest
 from .errors import IntegrityError, OCILayoutError, UsageError
 from .layout import LayoutWriter
@@ -158,6 +157,8 @@ def build_layout(
             for body_digest, body in plan.bodies.items():
                 write_blob_bytes(body, writer.blob_path(body_digest))
             if verify == "deep":
+                from .deep import verify_manifests
+
                 checks = verify_manifests(writer.temp, plan.bodies.values())
                 warnings.extend(c.warning for c in checks if c.warning)
             writer.commit(_index_document(plan, ref))
