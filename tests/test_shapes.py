@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,7 +253,7 @@ def layout_blob(path: Path, digest: str) -> Path:
 
 
 def stored_manifests(shapes: ShapeStore, repo_key: str) -> set[str]:
-    with shapes.store.connect() as db:
+    with closing(shapes.store.connect()) as db:
         rows = db.execute(
             "SELECT a.storage_key FROM artifacts a JOIN repositories r"
             " ON r.id = a.repository_id WHERE r.key = ? AND a.is_deleted = 0",
@@ -790,7 +791,7 @@ def test_foreign_layer_absent_unreadable_by_syft(shapes, tmp_path):
 def test_referrer_rows_recorded(shapes):
     image = shapes.digests["referrer"]
 
-    with shapes.store.connect() as db:
+    with closing(shapes.store.connect()) as db:
         rows = db.execute(
             "SELECT manifest_digest, artifact_type FROM oci_manifest_subjects"
             " WHERE subject_digest = ? ORDER BY artifact_type",
