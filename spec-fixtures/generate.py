@@ -4,7 +4,7 @@ Run ``python spec-fixtures/generate.py`` from the repository root to
 rewrite every case folder under ``spec-fixtures/``; pass ``--out DIR`` to
 write elsewhere. Output is deterministic (fixed tar metadata, gzip mtime 0),
 so rerunning it over the committed corpus changes nothing. Each case folder
-holds ``layout/`` (the OCI layout), ``expected.json`` (the verdict, every
+contains ``layout/`` (the OCI layout), ``expected.json`` (the verdict, every
 expected problem with its file and JSON path, and what skopeo, umoci and
 syft do with it) and ``README.md``.
 
@@ -172,7 +172,7 @@ class Layout:
         edit_config: Callable[[dict], None] | None = None,
         edit_manifest: Callable[[dict], None] | None = None,
     ) -> Image:
-        """Write an image (config, layers, manifest); ``layers`` holds
+        """Write an image (config, layers, manifest); ``layers`` lists
         ``(blob, diff_id, media_type)`` and defaults to one gzip layer."""
         if layers is None:
             blob, diff_id = self.layer(

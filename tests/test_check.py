@@ -2,9 +2,9 @@
 
 Every case folder of spec-fixtures/ records the problems the checker must
 report and what skopeo, umoci and syft do with the layout. The corpus tests
-compare the checker with that record; the consumer tests run the real
+compare the checker with that record. The consumer tests run the real
 binaries on a copy of each case and compare them with the same record, so a
-change in either the checker or a consumer shows up as a failing case.
+change in either the checker or a consumer fails a case.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ CORPUS = ROOT / "spec-fixtures"
 CASES = sorted(p.name for p in CORPUS.iterdir() if (p / "expected.json").is_file())
 CONSUMERS = ("skopeo", "umoci", "syft")
 PREDICTED = ("syft", "skopeo", "umoci")
+REF_NAME = "org.opencontainers.image.ref.name"
 
 
 def record(name: str) -> dict:
@@ -285,6 +286,31 @@ def test_manifest_blob_over_read_limit(image_layout):
         ("error", "json-too-large", f"blobs/sha256/{digest}", None),
         ("error", "size-mismatch", "index.json", "$.manifests[0].size"),
     ]
+
+
+def test_shared_manifest_checked_once(image_layout):
+    index = json.loads((image_layout / "index.json").read_text())
+    entry = index["manifests"][0]
+    del entry["annotations"]
+    index["manifests"] = [entry] * 3000
+    (image_layout / "index.json").write_text(json.dumps(index))
+
+    report = check_layout(image_layout, deep=True)
+
+    assert report.ok, format_report(report)
+    assert report.blobs_checked == 3
+
+
+def test_broken_manifest_reported_once_per_file(tmp_path):
+    layout = copy_case("manifest-not-json", tmp_path)
+    index = json.loads((layout / "index.json").read_text())
+    second = dict(index["manifests"][0], annotations={REF_NAME: "again"})
+    index["manifests"].append(second)
+    (layout / "index.json").write_text(json.dumps(index))
+
+    report = check_layout(layout)
+
+    assert [p.code for p in report.problems] == ["json-invalid"]
 
 
 def test_zstd_without_zstandard_warns(tmp_path, monkeypatch):

@@ -4,9 +4,9 @@
     if not report.ok:
         print(format_report(report))
 
-The check never raises on a malformed or hostile layout and never follows
-a symbolic link below the layout root; everything it finds becomes a
-Problem with a stable ``code``. Only the standard library is needed, except
+The check does not raise on a malformed or hostile layout, and it never
+follows a symbolic link below the layout root. Everything it finds becomes
+a Problem with a stable ``code``. Only the standard library is needed, except
 that a deep check of zstd layers imports ``zstandard``.
 """
 
@@ -58,7 +58,7 @@ def check_layout(path: str | os.PathLike[str], deep: bool = False) -> CheckRepor
         walker = Walker(files, findings, deep)
         try:
             walker.run()
-        except Exception as exc:  # the check reports, it never crashes
+        except Exception as exc:  # a bug in the checker becomes a problem too
             log.exception("check of %s stopped early", path)
             findings.error(
                 ".",
@@ -69,7 +69,7 @@ def check_layout(path: str | os.PathLike[str], deep: bool = False) -> CheckRepor
             )
 
     report.problems = findings.problems
-    report.blobs_checked = walker.blobs_checked
+    report.blobs_checked = walker.blobs.checked
     error_codes = [p.code for p in findings.problems if p.severity == ERROR]
     report.compatibility = summarize(walker.entries, error_codes)
     return report

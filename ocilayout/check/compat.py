@@ -1,4 +1,4 @@
-"""Which known consumers can read a layout, and why not.
+"""Compatibility of a layout with known consumers, with the reason when one fails.
 
 The rules restate behaviour measured on the spec-fixtures corpus with
 skopeo 1.9.3 (``skopeo copy oci:DIR:REF dir:OUT``), umoci 0.4.7

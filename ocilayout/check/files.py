@@ -27,7 +27,7 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 @dataclass(frozen=True)
 class Entry:
-    """What a relative path inside the layout is, as far as it could be opened.
+    """The status of a relative path inside the layout, as far as it could be opened.
 
     ``detail`` explains a status other than OK in a few words, naming the
     component at fault (``blobs/sha256 is a symbolic link``).

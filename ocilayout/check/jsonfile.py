@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import re
 
-# The most bytes read from one index, manifest, config or oci-layout file.
-# Real manifests and configs are a few KiB; the bound stops hostile input.
+# Maximum bytes read from one index, manifest, config or oci-layout file.
+# Real manifests and configs are typically a few KiB, so the bound only
+# stops hostile input.
 MAX_JSON_BYTES = 4 * 1024 * 1024
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -82,39 +82,16 @@ def check_layer(
     diff_id_path: str,
 ) -> None:
     """Decompress one layer blob and compare it with its config diff_id."""
-    declared = mt.compression_of(layer.media_type)
-    if declared is None:
-        return
     head = stream.read(_TAR_BLOCK)
-    actual = sniff_compression(head)
-    media_path = child_path(layer.path, "mediaType")
-
-    if actual is None:
-        findings.error(
-            layer.file,
-            child_path(layer.path, "digest"),
-            "layer-corrupt",
-            f"layer {layer.digest} is neither gzip, zstd nor tar, though its media "
-            f"type {layer.media_type!r} says {declared}",
-        )
-        return
-    if actual != declared:
-        findings.error(
-            layer.file,
-            media_path,
-            "layer-compression-mislabeled",
-            f"layer {layer.digest} is labelled {declared} ({layer.media_type}) but "
-            f"its content is {_describe(actual)}",
-        )
-
+    actual = _check_label(findings, layer, head)
     algorithm = diff_id.split(":", 1)[0]
-    if algorithm not in ("sha256", "sha512"):
+    if actual is None or algorithm not in ("sha256", "sha512"):
         return
+
     result = _hash_uncompressed(_PeekStream(head, stream), actual, algorithm)
     if isinstance(result, _Skipped):
-        findings.warning(
-            layer.file, media_path, "deep-check-unavailable", result.reason
-        )
+        where = child_path(layer.path, "mediaType")
+        findings.warning(layer.file, where, "deep-check-unavailable", result.reason)
         return
     if isinstance(result, _Failed):
         findings.error(
@@ -141,6 +118,35 @@ def check_layer(
             f"layer {layer.digest} uncompressed hashes to {algorithm}:{hexdigest}, "
             f"not the config's diff_id {diff_id}",
         )
+
+
+def _check_label(findings: Findings, layer: Ref, head: bytes) -> str | None:
+    """Compare the media type's compression with the content's first bytes.
+
+    Returns the compression found, or None when the layer cannot be read as
+    any of them or its media type names no known compression.
+    """
+    declared = mt.compression_of(layer.media_type)
+    if declared is None:
+        return None
+    actual = sniff_compression(head)
+    if actual is None:
+        findings.error(
+            layer.file,
+            child_path(layer.path, "digest"),
+            "layer-corrupt",
+            f"layer {layer.digest} is neither gzip, zstd nor tar, though its media "
+            f"type {layer.media_type!r} says {declared}",
+        )
+    elif actual != declared:
+        findings.error(
+            layer.file,
+            child_path(layer.path, "mediaType"),
+            "layer-compression-mislabeled",
+            f"layer {layer.digest} is labelled {declared} ({layer.media_type}) but "
+            f"its content is {_describe(actual)}",
+        )
+    return actual
 
 
 def _describe(compression: str) -> str:

@@ -12,10 +12,10 @@ WARNING = "warning"
 class Problem:
     """One finding about a layout.
 
-    ``file`` is relative to the layout root (``index.json``,
-    ``blobs/sha256/<hex>``); ``json_path`` locates the value inside that file
-    (``$.manifests[0].digest``), or is None when the whole file is concerned.
-    ``code`` is a stable slug for programs; ``message`` is for people.
+    ``file`` is relative to the layout root, for example ``index.json`` or
+    ``blobs/sha256/<hex>``. ``json_path`` locates the value inside that file
+    (``$.manifests[0].digest``) and is None when the whole file is concerned.
+    ``code`` is a stable slug for programs, and ``message`` is for people.
     """
 
     severity: str

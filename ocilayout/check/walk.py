@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 
 from .. import mediatypes as mt
 from . import files as fs
+from .blobs import BlobChecker
+from .config import ImageConfig, check_image_config
 from .fields import (
     REF_NAME_KEY,
     Findings,
@@ -15,9 +16,6 @@ from .fields import (
     check_annotations,
     check_artifact_type,
     check_descriptor,
-    digest_problem,
-    is_algorithm_name,
-    is_blob_name,
     is_ref_name,
     short,
 )
@@ -30,6 +28,8 @@ MAX_INDEX_DEPTH = 16
 
 LAYOUT_VERSION = "1.0.0"
 _HASH_CHUNK = 1 << 20
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number"}
+_JSON_TYPES.update({bool: "boolean", type(None): "null"})
 
 
 @dataclass
@@ -43,10 +43,10 @@ class Entry:
 
 @dataclass
 class Target:
-    """What a manifest or index body contains, as far as compatibility needs.
+    """The content of a manifest or index body that compatibility rules need.
 
-    ``algorithms`` holds the digest algorithms of this body and of every
-    descriptor below it; ``children`` pairs an index's valid child targets
+    ``algorithms`` contains the digest algorithms of this body and of every
+    descriptor below it. ``children`` pairs an index's valid child targets
     with the platform their descriptor declares.
     """
 
@@ -64,21 +64,6 @@ class Target:
         )
 
 
-@dataclass
-class _Blob:
-    entry: fs.Entry
-    hexdigest: str | None = None
-    hash_error: str | None = None
-
-
-@dataclass
-class _Config:
-    os: str | None
-    architecture: str | None
-    variant: str | None
-    diff_ids: list[str | None] | None
-
-
 class Walker:
     """Checks one layout; ``run`` fills ``findings`` and ``entries``."""
 
@@ -87,16 +72,12 @@ class Walker:
         self.findings = findings
         self.deep = deep
         self.entries: list[Entry] = []
-        self.index_loaded = False
-        self._blobs: dict[tuple[str, str], _Blob] = {}
-        self._targets: dict[tuple[str, str], Target] = {}
-        self._configs: dict[str, _Config | None] = {}
+        self.blobs = BlobChecker(files, self.findings)
+        self._targets: dict[tuple[str, str], Target | None] = {}
+        self._own_types: dict[str, object] = {}
+        self._configs: dict[str, ImageConfig | None] = {}
         self._layers_checked: set[tuple[str, str, str]] = set()
         self._stack: list[str] = []
-
-    @property
-    def blobs_checked(self) -> int:
-        return len(self._blobs)
 
     def run(self) -> None:
         self._check_oci_layout()
@@ -104,11 +85,10 @@ class Walker:
 
         index = self._read_layout_json("index.json", "index-missing")
         if index is not None:
-            self.index_loaded = True
             self._check_index(index, "index.json", depth=0, top=True)
 
         if blobs_present:
-            self._scan_blob_store()
+            self.blobs.scan()
 
     # Layout files
 
@@ -169,37 +149,38 @@ class Walker:
         if data is None:
             self.findings.error(name, None, "file-unreadable", entry.detail)
             return None
-        return self._parse_json(name, data)
+        return self._parse_json(name, data, self.findings)
 
-    def _parse_json(self, file: str, data: bytes) -> dict | None:
+    def _parse_json(self, file: str, data: bytes, findings: Findings) -> dict | None:
         if len(data) > MAX_JSON_BYTES:
-            self.findings.error(
+            findings.error(
                 file,
                 None,
                 "json-too-large",
-                f"{file} is larger than {MAX_JSON_BYTES} bytes, the most this checker reads",
+                f"{file} is larger than {MAX_JSON_BYTES} bytes, the maximum this checker reads",
             )
             return None
         try:
             value, duplicates = parse_strict(data)
         except JSONProblem as exc:
-            self.findings.error(
+            findings.error(
                 file, None, "json-invalid", f"{file} is not valid JSON: {exc}"
             )
             return None
         for path, key in duplicates:
-            self.findings.error(
+            findings.error(
                 file,
                 path,
                 "json-duplicate-key",
-                f"key {short(key)} appears more than once; readers disagree on which value wins",
+                f"key {short(key)} appears more than once, so readers may disagree on "
+                "its value; keep one",
             )
         if not isinstance(value, dict):
-            self.findings.error(
+            findings.error(
                 file,
                 "$",
                 "json-invalid",
-                f"{file} holds a JSON {type(value).__name__}, not an object",
+                f"{file} contains a JSON {_JSON_TYPES.get(type(value), 'value')}, not an object",
             )
             return None
         return value
@@ -399,82 +380,31 @@ class Walker:
             foreign = bool(ref.urls) or (
                 ref.media_type is not None and mt.is_non_distributable(ref.media_type)
             )
-            self._verify_blob(ref, absent_ok=foreign)
+            self.blobs.verify(ref, absent_ok=foreign)
         return layers
 
-    def _check_config_ref(self, ref: Ref | None) -> _Config | None:
+    def _check_config_ref(self, ref: Ref | None) -> ImageConfig | None:
         if ref is None:
             return None
-        entry = self._verify_blob(ref)
+        entry = self.blobs.verify(ref)
         # Content of an unknown config media type must not be parsed.
         if entry is None or ref.media_type not in mt.IMAGE_CONFIG_TYPES:
+            return None
+        if self._declared_too_large(ref):
             return None
         if ref.digest in self._configs:
             return self._configs[ref.digest]
         body = self._read_blob_json(ref)
-        config = None if body is None else self._check_config(body, ref.blob_file)
+        config = (
+            None
+            if body is None
+            else check_image_config(self.findings, body, ref.blob_file)
+        )
         self._configs[ref.digest] = config
         return config
 
-    def _check_config(self, body: dict, file: str) -> _Config:
-        values = {}
-        for name in ("architecture", "os"):
-            values[name] = self._required_string(body, name, file)
-        variant = body.get("variant") if isinstance(body.get("variant"), str) else None
-        diff_ids = self._check_rootfs(body, file)
-        return _Config(values["os"], values["architecture"], variant, diff_ids)
-
-    def _check_rootfs(self, body: dict, file: str) -> list[str | None] | None:
-        if "rootfs" not in body:
-            self.findings.error(
-                file, "$", "field-missing", "image config has no rootfs; it is required"
-            )
-            return None
-        rootfs = body["rootfs"]
-        if not isinstance(rootfs, dict):
-            self.findings.error(
-                file,
-                "$.rootfs",
-                "field-invalid",
-                f"rootfs is {short(rootfs)}, not an object",
-            )
-            return None
-        if rootfs.get("type") != "layers":
-            self.findings.error(
-                file,
-                "$.rootfs.type",
-                "field-invalid",
-                f"rootfs.type is {short(rootfs.get('type'))}; it must be 'layers'",
-            )
-        if "diff_ids" not in rootfs:
-            self.findings.error(
-                file,
-                "$.rootfs",
-                "field-missing",
-                "rootfs has no diff_ids; it is required",
-            )
-            return None
-        if not isinstance(rootfs["diff_ids"], list):
-            self.findings.error(
-                file,
-                "$.rootfs.diff_ids",
-                "field-invalid",
-                f"rootfs.diff_ids is {short(rootfs['diff_ids'])}, not an array of digests",
-            )
-            return None
-
-        diff_ids: list[str | None] = []
-        for i, value in enumerate(rootfs["diff_ids"]):
-            problem = digest_problem(value)
-            if problem:
-                self.findings.error(
-                    file, f"$.rootfs.diff_ids[{i}]", "digest-invalid", problem
-                )
-            diff_ids.append(None if problem else value)
-        return diff_ids
-
     def _compare_diff_ids(
-        self, config_ref: Ref, config: _Config, layers: list, file: str
+        self, config_ref: Ref, config: ImageConfig, layers: list, file: str
     ) -> None:
         config_file = config_ref.blob_file
         if len(config.diff_ids) != len(layers):
@@ -501,8 +431,7 @@ class Walker:
         if key in self._layers_checked or layer.media_type is None:
             return
         self._layers_checked.add(key)
-        blob = self._blobs.get(layer.key)
-        if blob is None or blob.entry.status != fs.OK:
+        if self.blobs.blob(layer.key).entry.status != fs.OK:
             return
         fd, _ = self.files.open(("blobs", layer.algorithm, layer.encoded))
         if fd is None:
@@ -526,7 +455,7 @@ class Walker:
         elif ref.media_type in mt.MANIFEST_TYPES:
             kind = "manifest"
         else:
-            self._verify_blob(ref)
+            self.blobs.verify(ref)
             if ref.media_type is not None:
                 self.findings.warning(
                     ref.file,
@@ -537,7 +466,7 @@ class Walker:
                 )
             return None
 
-        if self._verify_blob(ref) is None:
+        if self.blobs.verify(ref) is None:
             return None
         if ref.digest in self._stack:
             self.findings.error(
@@ -559,22 +488,25 @@ class Walker:
         return self._check_body(ref, kind, depth + 1)
 
     def _check_body(self, ref: Ref, kind: str, depth: int) -> Target | None:
-        body = self._read_blob_json(ref)
-        if body is None:
+        """Check the body ``ref`` names as an index or manifest, once per digest."""
+        if self._declared_too_large(ref):
             return None
-        own = body.get("mediaType")
-        if isinstance(own, str) and own != ref.media_type:
-            self.findings.error(
-                ref.blob_file,
-                "$.mediaType",
-                "media-type-mismatch",
-                f"body declares mediaType {own!r} but {ref.file} {ref.path} "
-                f"references it as {ref.media_type!r}",
-            )
-
         memo = (ref.digest, kind)
         if memo in self._targets:
+            self._compare_body_media_type(ref, self._own_types.get(ref.digest))
             return self._targets[memo]
+
+        # A digest read before under another kind is parsed again quietly,
+        # because its JSON problems were reported the first time.
+        seen = ref.digest in self._own_types
+        body = self._read_blob_json(ref, report=not seen)
+        if body is None:
+            self._own_types[ref.digest] = None
+            self._targets[memo] = None
+            return None
+        self._own_types[ref.digest] = body.get("mediaType")
+        self._compare_body_media_type(ref, body.get("mediaType"))
+
         self._stack.append(ref.digest)
         try:
             if kind == "index":
@@ -586,6 +518,16 @@ class Walker:
         target.algorithms.add(ref.algorithm)
         self._targets[memo] = target
         return target
+
+    def _compare_body_media_type(self, ref: Ref, own: object) -> None:
+        if isinstance(own, str) and own != ref.media_type:
+            self.findings.error(
+                ref.blob_file,
+                "$.mediaType",
+                "media-type-mismatch",
+                f"body declares mediaType {own!r} but {ref.file} {ref.path} "
+                f"references it as {ref.media_type!r}",
+            )
 
     def _check_subject(self, body: dict, file: str, depth: int) -> None:
         if "subject" not in body:
@@ -604,175 +546,25 @@ class Walker:
             return
         self._follow(ref, depth)
 
-    # Blobs
+    def _declared_too_large(self, ref: Ref) -> bool:
+        if ref.size is None or ref.size <= MAX_JSON_BYTES:
+            return False
+        self.findings.error(
+            ref.file,
+            child_path(ref.path, "size"),
+            "json-too-large",
+            f"descriptor size {ref.size} exceeds {MAX_JSON_BYTES} bytes, the "
+            f"maximum this checker reads of a manifest, index or config",
+        )
+        return True
 
-    def _verify_blob(self, ref: Ref, absent_ok: bool = False) -> fs.Entry | None:
-        """Check a blob's presence, file type, size and digest against ``ref``.
-
-        Returns the blob's entry when it is a readable regular file, even if
-        its size or digest is wrong, so its content can still be examined.
-        """
-        if ref.key is None:
-            return None
-        blob = self._blob(ref.key)
-        entry = blob.entry
-        where = child_path(ref.path, "digest")
-
-        if entry.status == fs.MISSING:
-            if absent_ok:
-                self.findings.warning(
-                    ref.file,
-                    where,
-                    "foreign-layer-absent",
-                    f"non-distributable layer {ref.digest} is not in the layout; "
-                    "readers fetch it from its urls",
-                )
-            else:
-                # NOTE: image-spec lets a layout omit blobs held by an external
-                # store; the scanners this tool serves read only from disk.
-                self.findings.error(
-                    ref.file,
-                    where,
-                    "blob-missing",
-                    f"blob {ref.blob_file} does not exist ({entry.detail})",
-                )
-            return None
-        if entry.status != fs.OK:
-            code = {fs.SYMLINK: "blob-symlink", fs.NOT_REGULAR: "blob-not-regular"}.get(
-                entry.status, "blob-unreadable"
-            )
-            self.findings.error(
-                ref.file,
-                where,
-                code,
-                f"blob {ref.blob_file} cannot be used: {entry.detail}; blobs must "
-                "be regular files inside the layout",
-            )
-            return None
-
-        if ref.size is not None and entry.size != ref.size:
-            self.findings.error(
-                ref.file,
-                child_path(ref.path, "size"),
-                "size-mismatch",
-                f"descriptor size is {ref.size} but {ref.blob_file} has {entry.size} bytes",
-            )
-        if ref.verifiable:
-            self._compare_digest(blob, ref.key, ref.file, where)
-        return entry
-
-    def _compare_digest(
-        self, blob: _Blob, key: tuple[str, str], file: str, path: str | None
-    ) -> None:
-        algorithm, encoded = key
-        self._hash(blob, key)
-        if blob.hash_error is not None:
-            self.findings.error(file, path, "blob-unreadable", blob.hash_error)
-        elif blob.hexdigest != encoded:
-            self.findings.error(
-                file,
-                path,
-                "digest-mismatch",
-                f"blobs/{algorithm}/{encoded} hashes to {algorithm}:{blob.hexdigest}, "
-                f"not {algorithm}:{encoded}",
-            )
-
-    def _blob(self, key: tuple[str, str]) -> _Blob:
-        if key not in self._blobs:
-            self._blobs[key] = _Blob(self.files.stat(("blobs", *key)))
-        return self._blobs[key]
-
-    def _hash(self, blob: _Blob, key: tuple[str, str]) -> None:
-        if blob.hexdigest is not None or blob.hash_error is not None:
-            return
-        fd, entry = self.files.open(("blobs", *key))
-        if fd is None:
-            blob.hash_error = entry.detail
-            return
-        hasher = hashlib.new(key[0])
-        try:
-            while chunk := os.read(fd, _HASH_CHUNK):
-                hasher.update(chunk)
-        except OSError as exc:
-            blob.hash_error = f"blobs/{key[0]}/{key[1]} cannot be read: {exc.strerror}"
-            return
-        finally:
-            os.close(fd)
-        blob.hexdigest = hasher.hexdigest()
-
-    def _read_blob_json(self, ref: Ref) -> dict | None:
-        if ref.size is not None and ref.size > MAX_JSON_BYTES:
-            self.findings.error(
-                ref.file,
-                child_path(ref.path, "size"),
-                "json-too-large",
-                f"descriptor size {ref.size} exceeds {MAX_JSON_BYTES} bytes, the "
-                f"most this checker reads of a manifest, index or config",
-            )
-            return None
+    def _read_blob_json(self, ref: Ref, report: bool = True) -> dict | None:
         data, _ = self.files.read(("blobs", *ref.key), MAX_JSON_BYTES)
         if data is None:
             return None
-        return self._parse_json(ref.blob_file, data)
-
-    def _scan_blob_store(self) -> None:
-        """Report stray files under ``blobs/`` and check blobs nothing references."""
-        for algorithm in self.files.list_dir(("blobs",)) or []:
-            file = f"blobs/{fs.shown(algorithm)}"
-            entry = self.files.stat(("blobs", algorithm))
-            if entry.status == fs.SYMLINK:
-                self.findings.error(
-                    file,
-                    None,
-                    "blob-symlink",
-                    f"{entry.detail}; blobs/ must hold real directories",
-                )
-                continue
-            names = self.files.list_dir(("blobs", algorithm))
-            if names is None or not is_algorithm_name(algorithm):
-                self.findings.error(
-                    file,
-                    None,
-                    "stray-blob",
-                    f"{file} is not a blobs/<algorithm> directory; remove it",
-                )
-                continue
-            for name in names:
-                self._scan_blob(algorithm, name)
-
-    def _scan_blob(self, algorithm: str, name: str) -> None:
-        key = (algorithm, name)
-        file = fs.shown(f"blobs/{algorithm}/{name}")
-        if key in self._blobs:
-            return
-        if not is_blob_name(algorithm, name):
-            self.findings.error(
-                file,
-                None,
-                "stray-blob",
-                f"{file} is not named by a valid {algorithm} digest; "
-                "leftovers such as *.tmp files break the layout, remove it",
-            )
-            return
-        blob = self._blob(key)
-        if blob.entry.status == fs.SYMLINK:
-            self.findings.error(
-                file,
-                None,
-                "blob-symlink",
-                f"{blob.entry.detail}; blobs must be regular files",
-            )
-        elif blob.entry.status == fs.NOT_REGULAR:
-            self.findings.error(
-                file,
-                None,
-                "blob-not-regular",
-                f"{blob.entry.detail}; blobs must be regular files",
-            )
-        elif blob.entry.status != fs.OK:
-            self.findings.error(file, None, "blob-unreadable", blob.entry.detail)
-        elif algorithm in ("sha256", "sha512"):
-            self._compare_digest(blob, key, file, None)
+        if not report:
+            return self._parse_json(ref.blob_file, data, Findings())
+        return self._parse_json(ref.blob_file, data, self.findings)
 
     # Small shared checks
 
@@ -838,24 +630,4 @@ class Walker:
                 f"{key} is {short(value)}, not an array",
             )
             return []
-        return value
-
-    def _required_string(self, body: dict, key: str, file: str) -> str | None:
-        if key not in body:
-            self.findings.error(
-                file,
-                "$",
-                "field-missing",
-                f"{key!r} is missing; it is a required string",
-            )
-            return None
-        value = body[key]
-        if not isinstance(value, str):
-            self.findings.error(
-                file,
-                f"$.{key}",
-                "field-invalid",
-                f"{key} is {short(value)}, not a string",
-            )
-            return None
         return value
