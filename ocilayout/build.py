@@ -191,7 +191,7 @@ def build_layout(
         chain=[str(d) for d in plan.chain],
         placements=placements,
         shape=shape,
-        referrers=[entry["digest"] for entry in plan.entries[1:]],
+        referrers=[str(digest) for digest in plan.referrers],
         skipped=skipped,
         warnings=warnings,
         seconds=time.monotonic() - started,

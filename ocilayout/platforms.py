@@ -118,40 +118,5 @@ def is_attestation(child: Descriptor) -> bool:
     return child.media_type not in mt.MANIFEST_TYPES | mt.INDEX_TYPES
 
 
-def rank_children(
-    children: tuple[Descriptor, ...], wanted: Platform | None
-) -> list[Descriptor]:
-    """Order the children of an index that may be chosen, best first.
-
-    Attestations are never candidates. A nested index without a platform is
-    a candidate wherever it appears, because its own children decide. With an
-    explicit ``wanted`` platform only matching children are returned; without
-    one, children for the host platform come first, then other linux
-    children, then the rest, each group in index order.
-    """
-    runnable = [child for child in children if not is_attestation(child)]
-
-    def open_index(child: Descriptor) -> bool:
-        return child.platform is None and child.media_type in mt.INDEX_TYPES
-
-    if wanted is not None:
-        return [
-            child for child in runnable
-            if open_index(child)
-            or (child.platform is not None and matches(wanted, child.platform))
-        ]
-    host = host_platform()
-    tiers: list[list[Descriptor]] = [[], [], []]
-    for child in runnable:
-        platform = child.platform
-        if open_index(child) or (platform is not None and matches(host, platform)):
-            tiers[0].append(child)
-        elif platform is not None and platform.os == "linux":
-            tiers[1].append(child)
-        else:
-            tiers[2].append(child)
-    return tiers[0] + tiers[1] + tiers[2]
-
-
 def describe_platforms(children: list[Descriptor]) -> list[str]:
     return [str(c.platform) if c.platform else "(no platform)" for c in children]

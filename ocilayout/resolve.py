@@ -38,7 +38,7 @@ from .manifest import (
     platform_from_config,
     sniff_media_type,
 )
-from .platforms import describe_platforms, is_attestation, matches, rank_children
+from .platforms import describe_platforms, host_platform, is_attestation, matches
 from .store import MetadataSource, Repository
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class Plan:
     bodies: dict[Digest, bytes] = field(default_factory=dict)
     blobs: list[PlannedBlob] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    referrers: list[Digest] = field(default_factory=list)
     manifest: Manifest | None = None
     platform: Platform | None = None
 
@@ -135,7 +136,7 @@ def resolve(source: MetadataSource, request: Request) -> Plan:
         plan = resolver.full_plan(digest, request)
     plan.image, plan.tag = image, tag
     if request.referrers:
-        resolver.add_referrers(plan)
+        resolver.add_referrers(plan, listed=request.shape == "full")
     return plan
 
 
@@ -181,37 +182,74 @@ class _Resolver:
         chain: list[Digest],
         depth: int,
     ) -> tuple[Descriptor, list[Digest]]:
-        """Pick an image manifest under an index, following nested indexes."""
+        """Pick an image manifest under an index, following nested indexes.
+
+        An explicit ``wanted`` platform must match. Without one the whole tree
+        is searched for the host platform first, then for any linux child,
+        then for the first runnable child, each search in index order.
+        """
+        if wanted is not None:
+            tests = [lambda p: p is not None and matches(wanted, p)]
+        else:
+            host = host_platform()
+            tests = [
+                lambda p: p is not None and matches(host, p),
+                lambda p: p is not None and p.os == "linux",
+                lambda p: True,
+            ]
+        offered: list[str] = []
+        for accept in tests:
+            offered.clear()
+            found = self._search(index_body, accept, chain, depth, offered)
+            if found is not None:
+                return found
+        if not offered:
+            raise NotFoundError(
+                f"index {index_body.digest} has no runnable child: every child "
+                "is an attestation or an artifact"
+            )
+        raise NotFoundError(
+            f"index {index_body.digest} has no child for platform {wanted}; "
+            f"it offers: {', '.join(dict.fromkeys(offered))}"
+        )
+
+    def _search(
+        self,
+        index_body: StoredBody,
+        accept,
+        chain: list[Digest],
+        depth: int,
+        offered: list[str],
+    ) -> tuple[Descriptor, list[Digest]] | None:
+        """Return the first accepted image manifest in depth-first index order.
+
+        ``offered`` collects the platforms of every runnable manifest seen,
+        for the error message when nothing is accepted.
+        """
         chain = self._enter(index_body.digest, chain, depth)
         index = parse_index(index_body.document, index_body.media_type,
                             f"index {index_body.digest}")
-        offered: list[str] = []
-        candidates = rank_children(index.manifests, wanted)
-        for child in candidates:
-            if child.media_type not in mt.INDEX_TYPES:
+        for child in index.manifests:
+            if is_attestation(child):
+                continue
+            if child.media_type in mt.INDEX_TYPES:
+                if child.platform is not None and not accept(child.platform):
+                    offered.append(str(child.platform))
+                    continue
+                nested = self.body(child.digest, child.media_type)
+                found = self._search(nested, accept, chain, depth + 1, offered)
+                if found is None:
+                    continue
+                descriptor, nested_chain = found
+                if descriptor.platform is None and child.platform is not None:
+                    descriptor = _with_platform(descriptor, child.platform)
+                return descriptor, nested_chain
+            offered.append(str(child.platform) if child.platform else "(no platform)")
+            if accept(child.platform):
                 log.debug("index %s: chose %s (%s)", index_body.digest,
                           child.digest, child.platform)
                 return child, chain
-            nested = self.body(child.digest, child.media_type)
-            try:
-                found, nested_chain = self._choose(nested, wanted, chain, depth + 1)
-            except NotFoundError as exc:
-                offered.append(str(exc))
-                continue
-            if found.platform is None and child.platform is not None:
-                found = _with_platform(found, child.platform)
-            return found, nested_chain
-        runnable = [c for c in index.manifests if not is_attestation(c)]
-        if not runnable:
-            raise NotFoundError(
-                f"index {index_body.digest} has no runnable child: its "
-                f"{len(index.manifests)} children are attestations or artifacts"
-            )
-        offers = ", ".join(describe_platforms(runnable))
-        raise NotFoundError(
-            f"index {index_body.digest} has no child for platform {wanted}; "
-            f"it offers: {offers}"
-        )
+        return None
 
     def _enter(self, digest: Digest, chain: list[Digest], depth: int) -> list[Digest]:
         if digest in chain:
@@ -254,12 +292,22 @@ class _Resolver:
         if not platforms:
             return top
         index = parse_index(top.document, top.media_type, f"index {top.digest}")
-        kept = [
-            child for child in index.manifests
-            if child.platform is not None
-            and not is_attestation(child)
-            and any(matches(p, child.platform) for p in platforms)
-        ]
+        def accept(platform: Platform | None) -> bool:
+            return platform is not None and any(matches(p, platform) for p in platforms)
+
+        kept = []
+        for child in index.manifests:
+            if is_attestation(child):
+                continue
+            if child.media_type in mt.INDEX_TYPES and (
+                child.platform is None or accept(child.platform)
+            ):
+                # A nested index is kept whole when any descendant matches.
+                nested = self.body(child.digest, child.media_type)
+                if self._search(nested, accept, [top.digest], 1, []) is not None:
+                    kept.append(child)
+            elif accept(child.platform):
+                kept.append(child)
         if not kept:
             raise NotFoundError(
                 f"index {top.digest} has no child for "
@@ -304,12 +352,24 @@ class _Resolver:
 
     # Referrers: manifests whose subject is a placed manifest.
 
-    def add_referrers(self, plan: Plan) -> None:
+    def add_referrers(self, plan: Plan, listed: bool) -> None:
+        """Place referrers of every placed manifest, listing them if ``listed``.
+
+        The scan shape places referrers without index.json entries, because
+        Syft and Grype read an oci-dir only when index.json holds exactly one
+        manifest.
+        """
         for subject in list(plan.bodies):
             for row in self.source.referrers(self.repo, str(subject)):
-                self._add_referrer(plan, subject, row)
+                self._add_referrer(plan, subject, row, listed)
+        if plan.referrers and not listed:
+            plan.notes.append(
+                f"placed {len(plan.referrers)} referrer(s) without index.json "
+                "entries so scanners still read the layout; use --shape full "
+                "to list them"
+            )
 
-    def _add_referrer(self, plan: Plan, subject: Digest, row) -> None:
+    def _add_referrer(self, plan: Plan, subject: Digest, row, listed: bool) -> None:
         try:
             digest = parse_digest(row.manifest_digest, "oci_manifest_subjects digest")
         except UsageError as exc:
@@ -330,9 +390,11 @@ class _Resolver:
             return
         plan.bodies[digest] = body.data
         plan.blobs.extend(blobs)
+        plan.referrers.append(digest)
+        if not listed:
+            return
         entry = _descriptor(body, None)
-        if manifest.artifact_type or manifest.config.media_type:
-            entry["artifactType"] = manifest.artifact_type or manifest.config.media_type
+        entry["artifactType"] = manifest.artifact_type or manifest.config.media_type
         plan.entries.append(entry)
 
     # Bodies and blobs.

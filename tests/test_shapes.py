@@ -658,21 +658,11 @@ NO_MATCH = [
         "buildx-nested",
         "linux/arm64",
         ["linux/amd64"],
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="resolve._Resolver._choose lists a nested index child as "
-            "'(no platform)' and drops the platforms the nested index offers",
-        ),
     ),
     pytest.param(
         "index-of-indexes",
         "linux/s390x",
         ["linux/amd64", "linux/arm64/v8"],
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="resolve._Resolver._choose lists each nested index child as "
-            "'(no platform)' and drops the platforms the nested indexes offer",
-        ),
     ),
 ]
 
@@ -691,13 +681,6 @@ def test_unmatched_platform_lists_offers(shapes, tmp_path, name, request_, offer
     assert not output.exists()
 
 
-@pytest.mark.xfail(
-    HOST != "linux/arm64/v8",
-    strict=True,
-    reason="platforms.rank_children puts every nested index first, so the "
-    "first nested index decides and a later one holding the host's platform "
-    "is never reached",
-)
 def test_default_prefers_host_across_nested_indexes(shapes, tmp_path):
     result = build(shapes, "index-of-indexes", tmp_path / "layout")
 
@@ -720,11 +703,6 @@ def test_attestation_never_chosen(shapes, tmp_path, name):
     assert result.manifest_digest not in attestations
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="resolve._Resolver._filter_platforms keeps only children with a "
-    "platform, so it drops every nested index and finds no child",
-)
 def test_full_platform_filter_keeps_nested_index(shapes, tmp_path):
     output = tmp_path / "full"
 
@@ -834,15 +812,14 @@ def test_full_referrers_copied_by_skopeo(shapes, tmp_path):
 
 
 @pytest.mark.consumers
-@pytest.mark.xfail(
-    strict=True,
-    reason="build_layout accepts referrers=True with the scan shape and adds "
-    "the referrers to index.json, which syft rejects: it reads an oci-dir "
-    "only when index.json holds exactly one manifest",
-)
 def test_scan_referrers_read_by_syft(shapes, tmp_path):
-    result = build(shapes, "referrer", tmp_path / "layout", referrers=True)
+    output = tmp_path / "layout"
+    result = build(shapes, "referrer", output, referrers=True)
 
+    assert len(json.loads((output / "index.json").read_text())["manifests"]) == 1
+    assert sorted(result.referrers) == sorted(shapes.referrers.values())
+    for digest in result.referrers:
+        assert layout_blob(output, digest).is_file()
     names = {package["name"] for package in syft_packages(result.target)}
     assert names >= BOTH
 
