@@ -175,7 +175,13 @@ def build_layout(
     for digest_text in skipped:
         warnings.append(
             f"non-distributable layer {digest_text} is not in the store and was "
-            "left out; it is never fetched from its URLs"
+            "left out; it is never fetched from its URLs, and scanners that read "
+            "every layer (syft 1.18) fail on the missing file"
+        )
+    if any(digest.algorithm != "sha256" for digest in plan.bodies):
+        warnings.append(
+            "the layout uses sha512 digests, which syft 1.18 and skopeo 1.9 "
+            "reject (\"unsupported hash\"); ocilayout check verifies them"
         )
     warnings.extend(plan.notes)
     if cache is not None and cache.problem:
