@@ -1031,6 +1031,48 @@ def _(layout: Layout) -> None:
     layout.error("size-mismatch", manifest.file, "$.config.size")
 
 
+@case(
+    "empty-descriptor-wrong-digest",
+    'an artifact whose empty config descriptor points at "{ }" instead of "{}"',
+    {"skopeo": ACCEPT, "umoci": REJECT, "syft": REJECT},
+    note=(
+        "skopeo copies the artifact without checking the empty descriptor; "
+        "umoci and syft reject any artifact."
+    ),
+)
+def _(layout: Layout) -> None:
+    layout.oci_layout()
+    spaced = layout.blob(b"{ }")
+    payload = layout.blob(b"payload\n")
+    body = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.note.v1",
+        "config": descriptor(OCI_EMPTY, spaced),
+        "layers": [descriptor("text/plain", payload)],
+    }
+    manifest = layout.blob(dumps(body))
+    layout.index([descriptor(OCI_MANIFEST, manifest, annotations={REF_NAME: "latest"})])
+    layout.error("empty-descriptor-invalid", manifest.file, "$.config.digest")
+    layout.error("empty-descriptor-invalid", manifest.file, "$.config.size")
+
+
+@case(
+    "artifact-type-invalid",
+    'an artifact whose artifactType "signature" is not type/subtype',
+    {"skopeo": ACCEPT, "umoci": REJECT, "syft": REJECT},
+    note=(
+        "skopeo copies the artifact without checking artifactType; umoci and "
+        "syft reject any artifact."
+    ),
+)
+def _(layout: Layout) -> None:
+    layout.oci_layout()
+    artifact = _write_artifact(layout, artifactType="signature")
+    layout.index([descriptor(OCI_MANIFEST, artifact, annotations={REF_NAME: "latest"})])
+    layout.error("media-type-invalid", artifact.file, "$.artifactType")
+
+
 # Blob files
 
 

@@ -27,7 +27,8 @@ _ENCODED = re.compile(r"^[a-zA-Z0-9=_-]+$")
 _LOWER_HEX = re.compile(r"^[a-f0-9]+$")
 
 # Registered algorithms with the length of their hex encoding. blake3 is
-# registered but hashlib lacks it, so its blobs are checked for grammar only.
+# registered but hashlib lacks it, so its blobs get grammar, presence and
+# size checks only.
 HEX_LENGTHS = {"sha256": 64, "sha512": 128, "blake3": 64}
 VERIFIABLE = frozenset({"sha256", "sha512"})
 
