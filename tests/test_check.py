@@ -433,7 +433,7 @@ def test_text_report_names_file_path_and_code():
 
     assert "error: index.json $.manifests[0].size:" in text
     assert "[size-mismatch]" in text
-    assert "invalid: 1 errors, 0 warnings" in text
+    assert "invalid: 1 error, 0 warnings" in text
     assert "no  skopeo:" in text
 
 

@@ -142,7 +142,7 @@ class BlobChecker:
                     file,
                     None,
                     "blob-symlink",
-                    f"{entry.detail}; blobs/ must hold real directories",
+                    "a symbolic link; blobs/ must contain real directories",
                 )
                 continue
             names = self.files.list_dir(("blobs", algorithm))
@@ -151,7 +151,7 @@ class BlobChecker:
                     file,
                     None,
                     "stray-blob",
-                    f"{file} is not a blobs/<algorithm> directory; remove it",
+                    "not a blobs/<algorithm> directory; remove it",
                 )
                 continue
             for name in names:
@@ -167,23 +167,16 @@ class BlobChecker:
                 file,
                 None,
                 "stray-blob",
-                f"{file} is not named by a valid {algorithm} digest; "
-                "leftovers such as *.tmp files break the layout, remove it",
+                f"the name is not a valid {algorithm} digest; leftovers such as "
+                "*.tmp files break the layout, so remove it",
             )
             return
         blob = self.blob(key)
-        if blob.entry.status == fs.SYMLINK:
+        if blob.entry.status in _UNUSABLE_CODES:
             self.findings.error(
                 file,
                 None,
-                "blob-symlink",
-                f"{blob.entry.detail}; blobs must be regular files",
-            )
-        elif blob.entry.status == fs.NOT_REGULAR:
-            self.findings.error(
-                file,
-                None,
-                "blob-not-regular",
+                _UNUSABLE_CODES[blob.entry.status],
                 f"{blob.entry.detail}; blobs must be regular files",
             )
         elif blob.entry.status != fs.OK:

@@ -41,8 +41,8 @@ def summarize(
 def _stereoscope(entries: list[Entry]) -> tuple[bool, str]:
     if len(entries) != 1:
         return False, (
-            f"index.json holds {len(entries)} descriptors; stereoscope reads an "
-            "oci-dir only when it holds exactly one"
+            f"index.json contains {len(entries)} descriptors; stereoscope reads an "
+            "oci-dir only when it contains exactly one"
         )
     entry = entries[0]
     if entry.ref.media_type not in mt.MANIFEST_TYPES:
@@ -53,7 +53,7 @@ def _stereoscope(entries: list[Entry]) -> tuple[bool, str]:
     problem = _sha256_problem(entry.target) or _layer_type_problem(entry.target)
     if problem:
         return False, problem
-    return True, "index.json holds exactly one image manifest"
+    return True, "index.json contains exactly one image manifest"
 
 
 def _by_entry(entries: list[Entry], judge, consumer: str) -> tuple[bool, str]:

@@ -93,10 +93,12 @@ def format_report(report: CheckReport) -> str:
         )
 
     verdict = "valid" if report.ok else "invalid"
-    lines.append(
-        f"{verdict}: {len(report.errors)} errors, {len(report.warnings)} warnings, "
-        f"{report.blobs_checked} blobs checked"
-    )
+    counts = [
+        _count(len(report.errors), "error"),
+        _count(len(report.warnings), "warning"),
+        _count(report.blobs_checked, "blob") + " checked",
+    ]
+    lines.append(f"{verdict}: {', '.join(counts)}")
 
     if report.compatibility:
         lines.append("consumers:")
@@ -104,3 +106,7 @@ def format_report(report: CheckReport) -> str:
             mark = "yes" if readable else "no "
             lines.append(f"  {mark} {consumer}: {reason}")
     return "\n".join(lines) + "\n"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
