@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,6 +119,7 @@ class Invariants:
     store_before: dict[str, FileState]
     names_before: set[str]
     output_before: dict[str, FileState] | FileState | None
+    changed_by_test: set[Path] = field(default_factory=set)
 
     @classmethod
     def capture(
@@ -140,18 +141,24 @@ class Invariants:
             output_before=output_before,
         )
 
-    def check_store(self, ignore: tuple[str, ...] = ()) -> None:
+    def changed(self, path: Path) -> None:
+        """Exempt ``path`` and its folder: the test itself changes them."""
+        self.changed_by_test.update({Path(path), Path(path).parent})
+
+    def check_store(self) -> None:
         """Assert the store is as captured, apart from links into the output."""
         after = snapshot(self.store)
+        before = dict(self.store_before)
         linked = inode_counts(self.output)
-        for name in ignore:
-            self.store_before.pop(name, None)
+        for path in self.changed_by_test:
+            name = str(path.relative_to(self.store))
+            before.pop(name, None)
             after.pop(name, None)
-        assert sorted(after) == sorted(self.store_before), (
+        assert sorted(after) == sorted(before), (
             "paths appeared in or vanished from the store: "
-            f"{sorted(set(after) ^ set(self.store_before))}"
+            f"{sorted(set(after) ^ set(before))}"
         )
-        for name, old in self.store_before.items():
+        for name, old in before.items():
             new = after[name]
             expected_links = old.nlink + linked.get(old.inode, 0)
             assert new.nlink == expected_links, (
@@ -164,10 +171,12 @@ class Invariants:
     def check_nothing_else(self) -> None:
         """Assert that nothing appeared beside the output or anywhere watched."""
         excluded = [self.output] + ([self.cache] if self.cache else [])
-        after = names_under(self.watch, excluded)
-        assert after == self.names_before, (
-            f"created outside the output: {sorted(after - self.names_before)}; "
-            f"removed: {sorted(self.names_before - after)}"
+        exempt = {str(path.relative_to(self.watch)) for path in self.changed_by_test}
+        after = names_under(self.watch, excluded) - exempt
+        before = self.names_before - exempt
+        assert after == before, (
+            f"created outside the output: {sorted(after - before)}; "
+            f"removed: {sorted(before - after)}"
         )
 
     def assert_failed(self) -> None:
