@@ -508,13 +508,14 @@ def test_cleanup_spares_what_it_cannot_prove_dead(pushed_single, output, tmp_pat
     (parent / spared["other-output"]).mkdir()
     (parent / spared["other-output"] / LOCK_NAME).write_text("")
     (parent / spared["held-lock"]).mkdir()
+    (parent / spared["held-lock"] / LOCK_NAME).write_text("")
     dead = parent / f".{output.name}{TEMP_MARKER}dead"
     dead.mkdir()
     (dead / LOCK_NAME).write_text("")
     inv = capture(pushed_single.store.root, output, tmp_path)
 
     # A lock held through another open file stands for a live build.
-    with open(parent / spared["held-lock"] / LOCK_NAME, "w") as held:
+    with open(parent / spared["held-lock"] / LOCK_NAME, "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         result = build_layout(
             pushed_single.store.root, output, digest=pushed_single.digest
