@@ -1485,3 +1485,57 @@ def test_manifest_json_unchanged_in_layout(pushed_single, output, tmp_path):
         == pushed_single.digest
     )
     assert sha256_of(placed.read_bytes()) == pushed_single.digest
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="build.build_layout writes every manifest body with "
+    "place.write_blob_bytes (O_EXCL) after placing the blobs, so a body "
+    "whose digest is also a placed blob raises a raw FileExistsError",
+)
+def test_referrer_layer_equal_to_subject_body(pushed_single, output, tmp_path):
+    """An artifact may carry any bytes as a layer, the subject's body included."""
+    root = pushed_single.store.root
+    subject_body = stored_body(root, pushed_single.digest)
+    copy = add_blob(root, subject_body)
+    empty = add_blob(root, b"{}")
+    body = compact(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.example.copy",
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": empty,
+                "size": 2,
+            },
+            "layers": [
+                {"mediaType": OCI_MANIFEST, "digest": copy, "size": len(subject_body)}
+            ],
+            "subject": {
+                "mediaType": OCI_MANIFEST,
+                "digest": pushed_single.digest,
+                "size": len(subject_body),
+            },
+        }
+    )
+    referrer = add_manifest(
+        root, body, OCI_MANIFEST, refs=[("config", empty), ("layer", copy)]
+    )
+    repo_id, _ = repository_row(root)
+    execute(
+        root,
+        "INSERT INTO oci_manifest_subjects (id, repository_id, manifest_digest, "
+        "subject_digest, media_type, artifact_type, size_bytes, annotations, "
+        "created_at) VALUES ('copy', ?, ?, ?, ?, NULL, ?, NULL, 'now')",
+        repo_id,
+        referrer,
+        pushed_single.digest,
+        OCI_MANIFEST,
+        len(body),
+    )
+    inv = capture(root, output, tmp_path)
+
+    result = builds(inv, digest=pushed_single.digest, referrers=True)
+
+    assert result.referrers == [referrer]
