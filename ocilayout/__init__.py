@@ -9,6 +9,7 @@ The library needs only the standard library. Typical use by a scanner::
 """
 
 from .build import BuildResult, build_layout, temporary_layout
+from .check import CheckReport, check_layout
 from .digest import Digest, parse_digest
 from .errors import (
     AmbiguousError,
@@ -28,6 +29,7 @@ from .errors import (
 __all__ = [
     "AmbiguousError",
     "BuildResult",
+    "CheckReport",
     "Digest",
     "DigestMismatchError",
     "IntegrityError",
@@ -41,6 +43,7 @@ __all__ = [
     "UnsupportedManifestError",
     "UsageError",
     "build_layout",
+    "check_layout",
     "parse_digest",
     "temporary_layout",
 ]

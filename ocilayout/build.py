@@ -161,7 +161,7 @@ def build_layout(
 
                 checks = verify_manifests(writer.temp, plan.bodies.values())
                 warnings.extend(c.warning for c in checks if c.warning)
-            writer.commit(_index_document(plan, ref))
+            writer.commit(_index_document(plan, ref), before_rename=_self_check)
     finally:
         if owned:
             source.close()
@@ -229,6 +229,24 @@ def temporary_layout(
     finally:
         remove_layout(os.path.join(parent, "layout"), options.get("cache"))
         shutil.rmtree(parent, ignore_errors=True)
+
+
+# Set to 1 to validate every layout with ocilayout.check before it is
+# renamed into place; the test suite sets it so that every build is checked.
+SELF_CHECK_VARIABLE = "OCILAYOUT_SELF_CHECK"
+
+
+def _self_check(temp: Path) -> None:
+    if os.environ.get(SELF_CHECK_VARIABLE) != "1":
+        return
+    from .check import check_layout
+
+    report = check_layout(temp)
+    if not report.ok:
+        problems = "; ".join(
+            f"{p.code} at {p.file} {p.json_path}: {p.message}" for p in report.errors
+        )
+        raise IntegrityError(f"self-check of the built layout failed: {problems}")
 
 
 def _as_platforms(value) -> tuple[Platform, ...]:

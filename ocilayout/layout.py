@@ -81,10 +81,16 @@ class LayoutWriter:
         folder.mkdir(parents=True, exist_ok=True)
         return str(folder / digest.hex)
 
-    def commit(self, index: dict) -> None:
-        """Write ``oci-layout`` and ``index.json`` and move the layout into place."""
+    def commit(self, index: dict, before_rename=None) -> None:
+        """Write ``oci-layout`` and ``index.json`` and move the layout into place.
+
+        ``before_rename``, if given, is called with the finished temporary
+        directory and may raise to abandon the layout.
+        """
         self._write_json("oci-layout", LAYOUT_VERSION)
         self._write_json("index.json", index)
+        if before_rename is not None:
+            before_rename(self.temp)
         if self.sync:
             self._sync_tree()
         os.unlink(self.temp / LOCK_NAME)

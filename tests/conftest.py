@@ -9,6 +9,7 @@ these fixtures return (copy them first with ``shutil.copytree``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from emulator.push import push
 from emulator.store import EmulatorStore
 
 from .imagefactory import docker_archive
+
+# Every layout built by any test, in this process or a child process, is
+# validated by ocilayout.check before it appears (see ocilayout/build.py).
+os.environ["OCILAYOUT_SELF_CHECK"] = "1"
 
 REPOSITORY_KEY = "docker-local"
 IMAGE_NAME = "demo/app"

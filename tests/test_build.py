@@ -395,6 +395,26 @@ def test_temporary_layout_removed_on_error(pushed_single, tmp_path):
     assert list(workspace.iterdir()) == []
 
 
+def test_self_check_failure_leaves_nothing(pushed_single, out_dir, monkeypatch):
+    import ocilayout.check as check
+    from ocilayout import IntegrityError
+
+    real_check = check.check_layout
+
+    def check_with_stray_file(path, deep=False):
+        (Path(path) / "blobs" / "sha256" / "stray.tmp").write_bytes(b"x")
+        return real_check(path, deep)
+
+    monkeypatch.setattr(check, "check_layout", check_with_stray_file)
+    output = out_dir / "layout"
+
+    with pytest.raises(IntegrityError, match="self-check") as caught:
+        build_layout(pushed_single.store.root, output, digest=pushed_single.digest)
+
+    assert "stray" in str(caught.value)
+    assert list(out_dir.iterdir()) == []
+
+
 def test_import_does_not_load_cli_stack():
     code = (
         "import sys, ocilayout; "
