@@ -1,0 +1,247 @@
+"""MetadataSource over the artifact manager's PostgreSQL database.
+
+The source connects with psycopg 3, imported only when a source is opened,
+so ``import ocilayout`` works without it. Connection rules:
+
+- ``url`` is a libpq URL such as ``postgresql://reader@db.example/registry``.
+  A URL that carries a password is rejected, because a command line is
+  readable by every local user; libpq reads the password from
+  ``PGPASSWORD`` or from a ``.pgpass`` file (``PGPASSFILE`` names another).
+- Connecting gives up after ``connect_timeout`` seconds, and every
+  statement after ``statement_timeout`` seconds.
+- All queries run in one read-only REPEATABLE READ transaction, so a build
+  sees one consistent snapshot even while pushes and garbage collection go
+  on, and the session cannot write (``default_transaction_read_only`` is set
+  as well). The transaction ends when the source is closed.
+- Values travel as bound parameters, never inside the SQL text; psycopg
+  binds them on the server.
+
+Blob files are read from each repository's ``storage_path`` with the same
+rules as the SQLite source (``ocilayout.store.open_blob``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Self
+from urllib.parse import parse_qs, parse_qsl, urlsplit
+
+from .errors import MetadataMissingError, UsageError
+from .store import Blob, BlobRef, Repository, StoredManifest, Subject, Tag, open_blob
+
+log = logging.getLogger(__name__)
+
+URL_SCHEMES = ("postgresql", "postgres")
+DEFAULT_CONNECT_TIMEOUT = 10
+DEFAULT_STATEMENT_TIMEOUT = 60.0
+PASSWORD_HINT = (
+    "remove the password from the URL and set PGPASSWORD, or add a line to "
+    "~/.pgpass (or the file PGPASSFILE names)"
+)
+
+
+def check_url(url: str) -> None:
+    """Reject a URL that is not a PostgreSQL URL or that contains a password."""
+    parts = urlsplit(url)
+    if parts.scheme not in URL_SCHEMES:
+        raise UsageError(
+            f"invalid PostgreSQL URL {_redact(url)!r}: expected "
+            "postgresql://USER@HOST[:PORT]/DATABASE"
+        )
+    in_query = any(k.lower() == "password" for k in parse_qs(parts.query))
+    if parts.password is not None or in_query:
+        raise UsageError(
+            f"the PostgreSQL URL {_redact(url)!r} contains a password, which "
+            f"every local user can read on a command line; {PASSWORD_HINT}"
+        )
+
+
+class PostgresMetadata:
+    """MetadataSource over a PostgreSQL database, in one read-only transaction.
+
+    Raises UsageError for a malformed URL or one with a password, and
+    MetadataMissingError (reason ``database-unavailable``) when the server
+    cannot be reached, rejects the login or lacks the store's tables.
+    Use it as a context manager, or call ``close``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
+        statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+    ):
+        check_url(url)
+        psycopg = _import_psycopg()
+        self._psycopg = psycopg
+        self.url = url
+        options = _session_options(url, statement_timeout, psycopg)
+        try:
+            self._db = psycopg.connect(
+                url,
+                connect_timeout=connect_timeout,
+                application_name="ocilayout",
+                options=options,
+                autocommit=False,
+            )
+        except psycopg.Error as exc:
+            raise self._unavailable("cannot connect to", exc) from exc
+        self._db.read_only = True
+        self._db.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        self._check_tables()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _check_tables(self) -> None:
+        try:
+            self._rows("SELECT 1 FROM oci_blobs LIMIT 1")
+        except MetadataMissingError:
+            self.close()
+            raise
+
+    def _unavailable(self, action: str, exc: Exception) -> MetadataMissingError:
+        detail = str(exc).strip() or type(exc).__name__
+        return MetadataMissingError(
+            f"{action} PostgreSQL database {_redact(self.url)}: {detail}",
+            reason="database-unavailable",
+        )
+
+    def _rows(self, sql: str, *params: object) -> list[tuple]:
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except self._psycopg.Error as exc:
+            raise self._unavailable("query failed on", exc) from exc
+
+    def _repositories(self, where: str, *params: object) -> list[Repository]:
+        rows = self._rows(
+            "SELECT DISTINCT r.id::text, r.key, r.storage_backend, r.storage_path "
+            f"FROM repositories r {where} ORDER BY r.key",
+            *params,
+        )
+        return [Repository(*row) for row in rows]
+
+    def repository(self, key: str) -> Repository | None:
+        found = self._repositories("WHERE r.key = %s", key)
+        return found[0] if found else None
+
+    def repositories_with_manifest(self, digest: str) -> list[Repository]:
+        return self._repositories(
+            "JOIN artifacts a ON a.repository_id = r.id "
+            "WHERE a.storage_key = %s AND NOT a.is_deleted",
+            f"oci-manifests/{digest}",
+        )
+
+    def repositories_with_tag(self, image: str, tag: str) -> list[Repository]:
+        return self._repositories(
+            "JOIN oci_tags t ON t.repository_id = r.id "
+            "WHERE t.name = %s AND t.tag = %s",
+            image,
+            tag,
+        )
+
+    def tag(self, repo: Repository, image: str, tag: str) -> Tag | None:
+        rows = self._rows(
+            "SELECT name, tag, manifest_digest, manifest_content_type FROM oci_tags "
+            "WHERE repository_id = %s AND name = %s AND tag = %s",
+            repo.id,
+            image,
+            tag,
+        )
+        return Tag(*rows[0]) if rows else None
+
+    def manifest(self, repo: Repository, digest: str) -> StoredManifest | None:
+        rows = self._rows(
+            "SELECT size_bytes, checksum_sha256, content_type, storage_key "
+            "FROM artifacts WHERE repository_id = %s AND storage_key = %s "
+            "AND NOT is_deleted LIMIT 1",
+            repo.id,
+            f"oci-manifests/{digest}",
+        )
+        return StoredManifest(digest, *rows[0]) if rows else None
+
+    def blob_refs(self, repo: Repository, manifest_digest: str) -> list[BlobRef]:
+        rows = self._rows(
+            "SELECT m.blob_digest, m.kind, b.size_bytes, b.storage_key "
+            "FROM manifest_blob_refs m LEFT JOIN oci_blobs b "
+            "ON b.repository_id = m.repository_id AND b.digest = m.blob_digest "
+            "AND b.pending_delete_at IS NULL "
+            "WHERE m.repository_id = %s AND m.manifest_digest = %s "
+            "ORDER BY m.kind, m.blob_digest",
+            repo.id,
+            manifest_digest,
+        )
+        return [BlobRef(*row) for row in rows]
+
+    def blob(self, repo: Repository, digest: str) -> Blob | None:
+        rows = self._rows(
+            "SELECT digest, size_bytes, storage_key FROM oci_blobs "
+            "WHERE repository_id = %s AND digest = %s AND pending_delete_at IS NULL",
+            repo.id,
+            digest,
+        )
+        return Blob(*rows[0]) if rows else None
+
+    def children(self, repo: Repository, parent_digest: str) -> list[str]:
+        rows = self._rows(
+            "SELECT child_digest FROM oci_manifest_refs "
+            "WHERE repository_id = %s AND parent_digest = %s ORDER BY child_digest",
+            repo.id,
+            parent_digest,
+        )
+        return [row[0] for row in rows]
+
+    def referrers(self, repo: Repository, subject_digest: str) -> list[Subject]:
+        rows = self._rows(
+            "SELECT manifest_digest, media_type, artifact_type, size_bytes, "
+            "annotations::text FROM oci_manifest_subjects "
+            "WHERE repository_id = %s AND subject_digest = %s "
+            "ORDER BY manifest_digest",
+            repo.id,
+            subject_digest,
+        )
+        return [Subject(*row) for row in rows]
+
+    def open_blob(self, repo: Repository, key: str) -> tuple[int, str]:
+        return open_blob(repo, key)
+
+    def close(self) -> None:
+        """End the read-only transaction and the connection (idempotent)."""
+        self._db.close()
+
+
+def _import_psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise UsageError(
+            "reading a PostgreSQL database needs psycopg 3: install it with "
+            "pip install 'psycopg[binary]'"
+        ) from exc
+    return psycopg
+
+
+def _session_options(url: str, statement_timeout: float, psycopg: Any) -> str:
+    """Return libpq ``options`` that keep any the URL sets and add ours."""
+    given = psycopg.conninfo.conninfo_to_dict(url).get("options") or ""
+    milliseconds = max(1, int(statement_timeout * 1000))
+    ours = f"-c default_transaction_read_only=on -c statement_timeout={milliseconds}"
+    return f"{given} {ours}".strip()
+
+
+def _redact(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, for messages."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}:***@{host}"
+    query = "&".join(
+        f"{name}=***" if name.lower() == "password" else f"{name}={value}"
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return parts._replace(netloc=netloc, query=query).geturl()
