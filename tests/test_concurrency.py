@@ -15,7 +15,10 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from ocilayout import build_layout
+from ocilayout.build import SELF_CHECK_VARIABLE
 from ocilayout.check import check_layout
 from ocilayout.layout import TEMP_MARKER
 
@@ -29,6 +32,16 @@ from .hostile_support import (
 )
 
 BUILDS = 16
+
+
+@pytest.fixture(autouse=True)
+def production_builds(monkeypatch):
+    """Build as in production, without the test session's self-check.
+
+    These tests check every layout with check_layout themselves, so the
+    self-check would only turn a silently accepted input into an error.
+    """
+    monkeypatch.delenv(SELF_CHECK_VARIABLE, raising=False)
 
 
 def fingerprint(layout: Path) -> dict[str, tuple]:
