@@ -1574,3 +1574,19 @@ def test_body_that_is_not_utf8_json_rejected(pushed_single, output, tmp_path, en
     error = fails(inv, InvalidContentError, 5, digest=digest)
 
     assert digest in str(error)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="build._choose_ref_name matches _REF_NAME (ending in '$') with "
+    "re.match, which accepts a final line feed, so a tag 'single\\n' read "
+    "from oci_tags becomes an invalid ref name annotation in index.json",
+)
+def test_tag_with_line_feed_gets_valid_ref_name(pushed_single, output, tmp_path):
+    root = pushed_single.store.root
+    execute(root, "UPDATE oci_tags SET tag = 'single' || char(10) WHERE tag = 'single'")
+    inv = capture(root, output, tmp_path)
+
+    result = builds(inv, image=pushed_single.image, tag="single\n")
+
+    assert re.fullmatch(r"[A-Za-z0-9._:@+/-]+", result.ref_name), repr(result.ref_name)
