@@ -39,6 +39,7 @@ from .hostile_support import (
     OCI_INDEX,
     OCI_MANIFEST,
     REPO,
+    ROOT,
     Invariants,
     add_blob,
     add_manifest,
@@ -1590,3 +1591,33 @@ def test_tag_with_line_feed_gets_valid_ref_name(pushed_single, output, tmp_path)
     result = builds(inv, image=pushed_single.image, tag="single\n")
 
     assert re.fullmatch(r"[A-Za-z0-9._:@+/-]+", result.ref_name), repr(result.ref_name)
+
+
+# Secrets
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="scan._Pipeline._run_process hands the scanner os.environ minus only "
+    "the profile's credential prefixes, so OCILAYOUT_TOKEN_KEY, the PEM key "
+    "that can mint a pull token for any repository, reaches the scanner",
+)
+def test_signing_key_never_reaches_scanner(pushed_single, tmp_path, monkeypatch):
+    from ocilayout.scan import scan_image
+
+    scanner = ROOT / "tests" / "fake_scanners" / "fake_scanner.py"
+    record = tmp_path / "scanner-record.json"
+    monkeypatch.setenv("OCILAYOUT_TOKEN_KEY", "-----BEGIN PRIVATE KEY-----x")
+    monkeypatch.setenv("FAKE_SCANNER_MODE", "syft-ok")
+    monkeypatch.setenv("FAKE_SCANNER_RECORD", str(record))
+
+    scan_image(
+        pushed_single.store.root,
+        digest=pushed_single.digest,
+        scanner="syft",
+        scanner_path=scanner,
+        workspace=tmp_path,
+    )
+
+    names = json.loads(record.read_text())["environment_names"]
+    assert "OCILAYOUT_TOKEN_KEY" not in names
