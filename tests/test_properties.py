@@ -28,6 +28,7 @@ from ocilayout.manifest import (
     platform_from_config,
     sniff_media_type,
 )
+from ocilayout.mediatypes import is_valid_media_type
 from ocilayout.platforms import matches, parse_platform
 
 # No example database: the runs leave nothing in the repository.
@@ -240,6 +241,21 @@ def test_ref_name_line_feed_rejected(source):
     except UsageError:
         return
     assert REF_NAME.fullmatch(chosen), repr(chosen)
+
+
+@pytest.mark.xfail(
+    strict=True, reason=f"mediatypes.is_valid_media_type: {LINE_FEED_DEFECT}"
+)
+def test_media_type_line_feed_rejected():
+    assert not is_valid_media_type("application/vnd.oci.image.layer.v1.tar\n")
+
+
+@given(st.text(max_size=60))
+def test_media_type_follows_rfc6838(value):
+    assume("\n" not in value)  # see test_media_type_line_feed_rejected
+    name = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+
+    assert is_valid_media_type(value) == bool(re.fullmatch(f"{name}/{name}", value))
 
 
 # Manifest parsing
