@@ -68,6 +68,40 @@ def run(argv: Sequence[str | os.PathLike[str]]) -> None:
         )
 
 
+# A round starts only when the other processes of the machine use at most
+# this share of all CPUs, so that two-thread hashing has two cores to run on.
+QUIET_BUSY_SHARE = 0.15
+QUIET_TIMEOUT_SECONDS = 120.0
+_NOISY_ROUNDS = {"count": 0}
+
+
+def _cpu_times() -> tuple[int, int]:
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    values = [int(v) for v in fields]
+    idle = values[3] + values[4]
+    return idle, sum(values[:8])
+
+
+def wait_for_quiet_cpus(window: float = 0.25) -> bool:
+    """Wait until the machine's CPUs are nearly idle; return False on timeout.
+
+    Other processes on a shared machine would otherwise take the cores that
+    ocilayout's parallel hashing needs, and distort every ratio. After
+    QUIET_TIMEOUT_SECONDS the round runs anyway and is counted as noisy.
+    """
+    deadline = time.monotonic() + QUIET_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        idle_before, total_before = _cpu_times()
+        time.sleep(window)
+        idle_after, total_after = _cpu_times()
+        total = max(1, total_after - total_before)
+        busy = 1 - (idle_after - idle_before) / total
+        if busy <= QUIET_BUSY_SHARE:
+            return True
+    _NOISY_ROUNDS["count"] += 1
+    return False
+
+
 def timed(action: Callable[[], object]) -> float:
     """Return the seconds ``action`` took."""
     started = time.perf_counter()
@@ -108,6 +142,7 @@ class Baselines:
             if command.prepare is not None:
                 command.prepare()
             os.sync()
+            wait_for_quiet_cpus()
             self.seconds.setdefault(name, []).append(timed(command.action))
 
     def best(self, name: str) -> float:
@@ -204,14 +239,18 @@ def pytest_terminal_summary(terminalreporter) -> None:
         return
     info = machine()
     SUMMARY_PATH.parent.mkdir(exist_ok=True)
-    SUMMARY_PATH.write_text(
-        json.dumps({"machine": info, "results": _RESULTS}, indent=2)
-    )
+    summary = {
+        "machine": info,
+        "noisy_rounds": _NOISY_ROUNDS["count"],
+        "results": _RESULTS,
+    }
+    SUMMARY_PATH.write_text(json.dumps(summary, indent=2))
 
     write = terminalreporter.write_line
     write("")
     write("ocilayout benchmark summary (ratio = ocilayout / baseline, fastest rounds)")
     write("  " + ", ".join(f"{k}: {v}" for k, v in info.items()))
+    write(f"  rounds started without quiet CPUs: {_NOISY_ROUNDS['count']}")
     for row in _RESULTS:
         if "value" in row:
             write(

@@ -10,6 +10,7 @@ removed when the module ends.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from conftest import (
     remove,
     require_tool,
     run,
+    wait_for_quiet_cpus,
 )
 from synthetic import SyntheticImage, make_synthetic_image
 
@@ -119,6 +121,8 @@ def test_peak_memory_flat(benchmark, images, mode):
     def setup():
         compare.run_round()
         remove(output)
+        os.sync()
+        wait_for_quiet_cpus()
         return (build_command(large, output, options),), {}
 
     benchmark.pedantic(run, setup=setup, rounds=1, iterations=1)

@@ -22,6 +22,7 @@ from conftest import (
     remove,
     require_tool,
     run,
+    wait_for_quiet_cpus,
 )
 from synthetic import SyntheticImage, make_synthetic_image
 
@@ -116,6 +117,7 @@ def test_cold_build(benchmark, image, link):
         number = next(rounds)
         remove(folder / f"out-{number - 1}")
         os.sync()
+        wait_for_quiet_cpus()
         return (
             build_command(
                 image,
@@ -152,6 +154,7 @@ def test_warm_rebuild(benchmark, image):
             remove_layout(previous[0], cache)
         previous[0] = folder / f"out-{next(rounds)}"
         os.sync()
+        wait_for_quiet_cpus()
         return (
             build_command(
                 image,

@@ -24,6 +24,7 @@ from conftest import (
     remove,
     require_tool,
     run,
+    wait_for_quiet_cpus,
 )
 from synthetic import SyntheticImage, make_synthetic_image
 
@@ -131,6 +132,7 @@ def cold_rounds(benchmark, image, baselines, rounds, name, *options):
         baselines.run_round()
         output, cache = paths.next()
         os.sync()
+        wait_for_quiet_cpus()
         return (build_command(image, output, "--cache-dir", str(cache), *options),), {}
 
     benchmark.pedantic(run, setup=setup, rounds=rounds, iterations=1)
@@ -205,6 +207,7 @@ def test_warm_rebuild(benchmark, image):
         output = folder / f"out-{next(rounds)}"
         previous[0] = output
         os.sync()
+        wait_for_quiet_cpus()
         return (
             build_command(
                 image,
@@ -244,7 +247,11 @@ def test_cold_hardlink_vs_skopeo(benchmark, image):
 def test_help_startup(benchmark):
     argv = [*ocilayout_command(), "--help"]
 
-    benchmark.pedantic(run, args=(argv,), rounds=10, iterations=1, warmup_rounds=1)
+    def setup():
+        wait_for_quiet_cpus()
+        return (argv,), {}
+
+    benchmark.pedantic(run, setup=setup, rounds=10, iterations=1, warmup_rounds=1)
 
     record(benchmark, "startup", "ocilayout --help")
     assert benchmark.stats.stats.median < HELP_SECONDS
@@ -262,6 +269,8 @@ def test_library_hardlink_build_in_process(benchmark, image):
     def setup():
         baselines.run_round()
         output, _ = paths.next()
+        os.sync()
+        wait_for_quiet_cpus()
         return (), {"output": output}
 
     def build(output):
