@@ -13,6 +13,11 @@ file has after it was linked into a layout, and ``remove_layout`` carries
 entries across the removal of a hardlinked layout. Without that, removing a
 layout would make every later build hash again.
 
+NOTE: kernels before Linux 6.13 stamp ctime from the coarse clock tick (1 to
+10 ms). There, a same-size rewrite that sets mtime back within the tick of
+the recorded link leaves the identity unchanged. Linux 6.13 and later give a
+file whose times were just read a fine-grained stamp on its next change.
+
 Entries live in one SQLite database in WAL mode outside the store, by default
 ``$XDG_CACHE_HOME/ocilayout`` or ``~/.cache/ocilayout``. Concurrent builds
 share it: readers never wait for a writer, writers wait at most
