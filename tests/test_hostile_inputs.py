@@ -1621,3 +1621,47 @@ def test_signing_key_never_reaches_scanner(pushed_single, tmp_path, monkeypatch)
 
     names = json.loads(record.read_text())["environment_names"]
     assert "OCILAYOUT_TOKEN_KEY" not in names
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="manifest.sniff_media_type treats a present but empty or null "
+    "mediaType as absent and infers one, so resolve._check_declared_type "
+    "compares the inferred type and the body is placed with an invalid "
+    "mediaType (found by test_fuzz with a longer run)",
+)
+@pytest.mark.parametrize("value", ["", None])
+def test_empty_media_type_field_rejected(pushed_single, output, tmp_path, value):
+    root = pushed_single.store.root
+    declared = b'"mediaType":"application/vnd.oci.image.manifest.v1+json"'
+    replacement = b'"mediaType":' + json.dumps(value).encode()
+    body = stored_body(root, pushed_single.digest).replace(declared, replacement, 1)
+    assert replacement in body
+    digest = store_raw(root, body, original=pushed_single.digest)
+    inv = capture(root, output, tmp_path)
+
+    error = fails(inv, InvalidContentError, 5, digest=digest)
+
+    assert "mediaType" in str(error)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="resolve._Resolver.scan_plan reads the config but never compares "
+    "rootfs.diff_ids with the manifest's layers, so a manifest listing a "
+    "layer twice against a config with one diff_id per distinct layer is "
+    "placed and fails check_layout (found by test_fuzz with a longer run)",
+)
+def test_diff_ids_count_must_match_layers(pushed_single, output, tmp_path):
+    root = pushed_single.store.root
+
+    def repeat_last_layer(document):
+        document["layers"].append(document["layers"][-1])
+        return document
+
+    digest = remanifest(root, pushed_single.digest, repeat_last_layer)
+    inv = capture(root, output, tmp_path)
+
+    error = fails(inv, InvalidContentError, 5, digest=digest)
+
+    assert "diff_ids" in str(error)
