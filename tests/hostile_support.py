@@ -3,10 +3,10 @@
 Three kinds of helper live here:
 
 - ``Invariants`` records a store, the output's surroundings and the output
-  before a build and checks afterwards what every hostile test asserts: the
-  store is byte-identical (modes and link counts included, apart from the
-  links a hardlink build adds), nothing appeared outside the output and the
-  cache, and a failed build left the output as it was.
+  before a build, then checks what every hostile test asserts. The store
+  must be byte-identical, modes and link counts included, apart from the
+  links a hardlink build adds. Nothing may appear outside the output and the
+  cache, and a failed build must leave the output as it was.
 - Store surgery: crafted manifest bodies with their rows, tables rebuilt
   without their UNIQUE constraints, and a synthetic image with large layers.
 - ``PausedBuild`` runs the real CLI in a subprocess that stops inside its

@@ -196,7 +196,8 @@ def test_build_finishing_first_wins_output(pushed_multi, tmp_path):
     first.release()
     first_code, first_out, first_err = first.finish()
 
-    assert len(paused_temp) == 1 and TEMP_MARKER in paused_temp[0]
+    assert len(paused_temp) == 1
+    assert TEMP_MARKER in paused_temp[0]
     assert second_code == 0, second_err
     assert still_there == paused_temp
     assert first_code == 1, first_err

@@ -208,7 +208,7 @@ def test_cross_device_hardlink_only_fails_cleanly(big_image, env, tmp_path):
         inv.assert_failed()
 
 
-def refuse_links(monkeypatch, code: int) -> list[str]:
+def fail_links(monkeypatch, code: int) -> list[str]:
     """Make every os.link fail with ``code``; return the paths tried."""
     tried = []
 
@@ -223,7 +223,7 @@ def refuse_links(monkeypatch, code: int) -> list[str]:
 @pytest.mark.parametrize("code", [errno.EPERM, errno.EXDEV, errno.EMLINK])
 def test_refused_hardlink_falls_back(big_image, output, tmp_path, monkeypatch, code):
     root, digest = big_image
-    tried = refuse_links(monkeypatch, code)
+    tried = fail_links(monkeypatch, code)
     inv = capture(root, output, tmp_path)
 
     result = build_layout(root, output, digest=digest)
@@ -239,7 +239,7 @@ def test_refused_hardlink_only_fails_cleanly(
     big_image, output, tmp_path, monkeypatch, code
 ):
     root, digest = big_image
-    refuse_links(monkeypatch, code)
+    fail_links(monkeypatch, code)
     inv = capture(root, output, tmp_path)
 
     with pytest.raises(OCILayoutError) as caught:
@@ -330,7 +330,7 @@ def test_blob_deleted_after_open_copy_keeps_verified_bytes(big_image, output, tm
     inv.assert_built(result.warnings)
 
 
-def rewrite_on_first_chunk(path, how: str):
+def rewrite_on_first_chunk(path, change: str):
     """Return a progress callback that changes ``path`` after the first chunk."""
     done = []
 
@@ -338,7 +338,7 @@ def rewrite_on_first_chunk(path, how: str):
         if event != "bytes" or done:
             return
         done.append(True)
-        if how == "in-place":
+        if change == "in-place":
             with open(path, "r+b") as handle:
                 handle.seek(4 * MIB)
                 handle.write(b"\0" * 4096)
@@ -457,7 +457,8 @@ def test_signal_mid_build_exits_130(big_image, env, output, tmp_path, number, li
     build.release()
     code, _, err = build.finish()
 
-    assert len(running) == 1 and TEMP_MARKER in running[0], running
+    assert len(running) == 1, running
+    assert TEMP_MARKER in running[0]
     assert code == 130, err
     assert "interrupted; no layout was written" in err
     assert "Traceback" not in err
@@ -486,7 +487,8 @@ def test_killed_build_cleaned_by_next(big_image, env, output, tmp_path):
     code, _, _ = killed.finish()
     stale = leftovers(output)
     assert code == -signal.SIGKILL
-    assert len(stale) == 1 and TEMP_MARKER in stale[0], stale
+    assert len(stale) == 1, stale
+    assert TEMP_MARKER in stale[0]
     assert (output.parent / stale[0] / LOCK_NAME).exists()
 
     code, summary = run_build(

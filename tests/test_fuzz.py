@@ -40,9 +40,9 @@ from .hostile_support import (
 # Seconds each fuzz test runs at most; raise OCILAYOUT_FUZZ_SECONDS together
 # with OCILAYOUT_FUZZ_CASES for a longer hunt.
 FUZZ_SECONDS = float(os.environ.get("OCILAYOUT_FUZZ_SECONDS", "2"))
-# Case limits keep the default run to cases known to pass with the default
-# seed on a fast machine; longer hunts found the defects now tested in
-# test_hostile_inputs (empty mediaType, diff_ids count).
+# Case limits keep the default run to cases that pass with the default seed,
+# even on a fast machine. Longer hunts found the defects that
+# test_hostile_inputs now covers: an empty mediaType and a diff_ids count.
 CASE_LIMIT = int(os.environ.get("OCILAYOUT_FUZZ_CASES", "0")) or None
 PARSER_CASES = CASE_LIMIT or 50_000
 BUILDER_CASES = CASE_LIMIT or 400
@@ -86,7 +86,7 @@ NON_JSON_TOKENS = [b"NaN", b"Infinity", b"-Infinity"]
 
 @pytest.fixture(autouse=True)
 def production_builds(monkeypatch):
-    """Build without the test session's self-check; this module checks layouts."""
+    """Build without the test session's self-check, as this module checks layouts."""
     monkeypatch.delenv(SELF_CHECK_VARIABLE, raising=False)
 
 
