@@ -34,6 +34,16 @@ log = logging.getLogger(__name__)
 URL_SCHEMES = ("postgresql", "postgres")
 DEFAULT_CONNECT_TIMEOUT = 10
 DEFAULT_STATEMENT_TIMEOUT = 60.0
+# Every table the source reads.
+TABLES = (
+    "repositories",
+    "artifacts",
+    "oci_tags",
+    "oci_blobs",
+    "manifest_blob_refs",
+    "oci_manifest_refs",
+    "oci_manifest_subjects",
+)
 PASSWORD_HINT = (
     "remove the password from the URL and set PGPASSWORD, or add a line to "
     "~/.pgpass (or the file PGPASSFILE names)"
@@ -98,8 +108,10 @@ class PostgresMetadata:
         self.close()
 
     def _check_tables(self) -> None:
+        # WHERE false reads no row, yet the server still checks that every
+        # table exists and may be read, so a missing grant shows up now.
         try:
-            self._rows("SELECT 1 FROM oci_blobs LIMIT 1")
+            self._rows(f"SELECT 1 FROM {', '.join(TABLES)} WHERE false")
         except MetadataMissingError:
             self.close()
             raise

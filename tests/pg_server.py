@@ -47,6 +47,8 @@ class PostgresServer:
     socket_dir: Path
     port: int
     run_as: str | None
+    password_user: str = PASSWORD_USER
+    password: str = PASSWORD
 
     @property
     def data_dir(self) -> Path:
