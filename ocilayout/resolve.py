@@ -281,7 +281,7 @@ class _Resolver:
                 )
             return plan
         top = self._filter_platforms(top, request.platforms, plan)
-        self._walk(top, plan, [], 0)
+        top = self._walk(top, plan, [], 0)
         plan.entries.append(_descriptor(top, None))
         return plan
 
@@ -319,28 +319,34 @@ class _Resolver:
             reference = child.annotations.get("vnd.docker.reference.digest")
             if is_attestation(child) and reference in kept_digests:
                 kept.append(child)
-        document = dict(top.document)
-        document["manifests"] = [child.raw for child in index.manifests
-                                 if child in kept]
-        data = json.dumps(document, separators=(",", ":")).encode()
-        new_digest = Digest.of_bytes(data)
-        plan.notes.append(
-            f"--platform kept {len(document['manifests'])} of "
-            f"{len(index.manifests)} children of index {top.digest}; the "
-            f"layout's index is rewritten as {new_digest}"
+        rewritten = _rewrite_index(
+            top, [child.raw for child in index.manifests if child in kept]
         )
-        return StoredBody(new_digest, top.media_type, data, document)
+        plan.notes.append(
+            f"--platform kept {len(rewritten.document['manifests'])} of "
+            f"{len(index.manifests)} children of index {top.digest}; the "
+            f"layout's index is rewritten as {rewritten.digest}"
+        )
+        return rewritten
 
-    def _walk(self, body: StoredBody, plan: Plan, chain: list[Digest],
-              depth: int) -> None:
+    def _walk(
+        self, body: StoredBody, plan: Plan, chain: list[Digest], depth: int
+    ) -> StoredBody:
+        """Plan an index and every child the store holds; return the placed index.
+
+        A child whose body or blob rows are missing is left out, and an index
+        that lost a child (directly or below) is rewritten without it, so the
+        layout never references a manifest it does not contain.
+        """
         chain = self._enter(body.digest, chain, depth)
         index = parse_index(body.document, body.media_type, f"index {body.digest}")
-        plan.bodies[body.digest] = body.data
+        kept: list[dict] = []
         for child in index.manifests:
             try:
                 child_body = self.body(child.digest, child.media_type)
                 if child_body.media_type in mt.INDEX_TYPES:
-                    self._walk(child_body, plan, chain, depth + 1)
+                    placed = self._walk(child_body, plan, chain, depth + 1)
+                    kept.append(_point_at(child.raw, placed))
                     continue
                 manifest = self.image_manifest(child_body, require_image=False)
                 blobs = self.image_blobs(child.digest, manifest)
@@ -349,6 +355,21 @@ class _Resolver:
                 continue
             plan.bodies[child_body.digest] = child_body.data
             plan.blobs.extend(blobs)
+            kept.append(child.raw)
+        if not kept:
+            raise MetadataMissingError(
+                f"index {body.digest}: the store holds none of its children",
+                reason="no-children-stored",
+                digest=str(body.digest),
+            )
+        if kept != [child.raw for child in index.manifests]:
+            body = _rewrite_index(body, kept)
+            plan.notes.append(
+                f"index {chain[-1]} is written as {body.digest} without the "
+                "children left out"
+            )
+        plan.bodies[body.digest] = body.data
+        return body
 
     # Referrers: manifests whose subject is a placed manifest.
 
@@ -610,6 +631,22 @@ def _descriptor(body: StoredBody, platform: Platform | None) -> dict:
     if platform is not None:
         entry["platform"] = platform.to_json()
     return entry
+
+
+def _rewrite_index(body: StoredBody, children: list[dict]) -> StoredBody:
+    """Return a copy of an index body listing only ``children``."""
+    document = dict(body.document)
+    document["manifests"] = children
+    data = json.dumps(document, separators=(",", ":")).encode()
+    digest = Digest.of_bytes(data, body.digest.algorithm)
+    return StoredBody(digest, body.media_type, data, document)
+
+
+def _point_at(raw: dict, placed: StoredBody) -> dict:
+    """Return a child descriptor updated to a possibly rewritten body."""
+    if raw.get("digest") == str(placed.digest):
+        return raw
+    return {**raw, "digest": str(placed.digest), "size": len(placed.data)}
 
 
 def _with_platform(child: Descriptor, platform: Platform) -> Descriptor:
