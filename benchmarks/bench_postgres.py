@@ -1,7 +1,7 @@
 """PostgreSQL metadata with a million blob rows: resolution and whole builds.
 
 A real PostgreSQL server (from the Debian package, started by the tests'
-fixture) holds a small synthetic image among 1,000,000 filler rows in
+fixture) contains a small synthetic image among 1,000,000 filler rows in
 ``oci_blobs`` and ``manifest_blob_refs`` and 200,000 filler manifests with
 their tags and artifacts rows. Two things are timed:
 
@@ -38,7 +38,7 @@ LAYER_SIZES = [4096, 8192, 16384]
 
 @pytest.fixture(scope="module")
 def big_postgres(bench_root, postgres_server):
-    """The synthetic image pushed into PostgreSQL among a million filler rows."""
+    """Push the synthetic image into PostgreSQL among a million filler rows."""
     root = bench_root / "postgres"
     root.mkdir()
     image = make_synthetic_image(root, LAYER_SIZES, seed=7)

@@ -166,8 +166,8 @@ INDEXES = (
     ("artifacts_storage_key", "artifacts (storage_key, repository_id)"),
     ("oci_tags_name_tag", "oci_tags (name, tag)"),
     ("oci_tags_digest", "oci_tags (repository_id, manifest_digest)"),
-    # Garbage collection scans the rows marked for deletion and asks which
-    # manifests still reference a blob.
+    # Garbage collection scans the rows marked for deletion and looks up
+    # which manifests still reference a blob.
     (
         "oci_blobs_pending_delete",
         "oci_blobs (pending_delete_at) WHERE pending_delete_at IS NOT NULL",
@@ -440,15 +440,16 @@ def add_synthetic_rows(
     """Fill the database with ``blobs`` unrelated blob rows and their metadata.
 
     This gives a test database the size of a production one. The schema
-    must exist. Rows are spread
-    over ``repositories`` new repositories; every ``blobs_per_manifest`` blobs
-    belong to one image manifest with a tag, an artifacts row and
-    ``manifest_blob_refs`` rows, and every tenth manifest has a referrer
-    row. Digests are sha256 hashes of row numbers, so they never collide with
-    real content. Rows are generated inside the server with
-    ``generate_series`` while the constraints and indexes of the affected
-    tables are dropped, which makes loading several times faster; they are
-    rebuilt and the tables analyzed afterwards, all in one transaction.
+    must exist. Rows are spread over ``repositories`` new repositories.
+    Every ``blobs_per_manifest`` blobs belong to one image manifest with a
+    tag, an artifacts row and ``manifest_blob_refs`` rows, and every tenth
+    manifest has a referrer row. Digests are sha256 hashes of a random
+    prefix and row numbers, so they do not collide with real content.
+
+    Rows are generated inside the server with ``generate_series`` while the
+    constraints and indexes of the affected tables are dropped, which makes
+    loading several times faster. They are rebuilt in the same transaction,
+    and the tables are analyzed after it commits.
     """
     if blobs < 1 or repositories < 1 or blobs_per_manifest < 1:
         raise UsageError("blobs, repositories and blobs_per_manifest must be >= 1")

@@ -59,7 +59,7 @@ class DerivedRows:
     """The rows a registry records for one manifest body, parsed from it.
 
     ``blobs`` lists (kind, digest) pairs and is empty unless the body is an
-    image manifest; ``children`` lists (digest, media type) pairs of the
+    image manifest. ``children`` lists (digest, media type) pairs of the
     child descriptors and is empty unless the body is an index.
     ``annotations`` is JSON text with sorted keys, or None.
     """

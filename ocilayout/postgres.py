@@ -4,9 +4,9 @@ The source connects with psycopg 3, imported only when a source is opened,
 so ``import ocilayout`` works without it. Connection rules:
 
 - ``url`` is a libpq URL such as ``postgresql://reader@db.example/registry``.
-  A URL that carries a password is rejected, because a command line is
-  readable by every local user; libpq reads the password from
-  ``PGPASSWORD`` or from a ``.pgpass`` file (``PGPASSFILE`` names another).
+  A URL that contains a password is rejected, because every local user can
+  read a command line. libpq reads the password from ``PGPASSWORD`` or from
+  a ``.pgpass`` file (``PGPASSFILE`` names another).
 - Connecting gives up after ``connect_timeout`` seconds, and every
   statement after ``statement_timeout`` seconds.
 - All queries run in one read-only REPEATABLE READ transaction, so a build

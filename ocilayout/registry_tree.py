@@ -52,7 +52,7 @@ TREE = ("docker", "registry", "v2")
 _NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _NAME = re.compile(rf"{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-# Longest link file read; a link holds one digest.
+# Longest link file read, because a link contains one digest.
 _MAX_LINK_BYTES = 256
 # Deepest repository name searched, in path components.
 _MAX_NAME_DEPTH = 16
@@ -125,7 +125,7 @@ class RegistryTreeMetadata:
         return self._rows[key]
 
     def _stored(self, repo: Repository, digest: str) -> DerivedRows | None:
-        """Return a manifest's rows when ``repo`` holds it and its body exists."""
+        """Return a manifest's rows when ``repo`` contains it and its body exists."""
         parsed = as_digest(digest)
         if parsed is None or not self._valid_repo(repo):
             return None

@@ -3,10 +3,10 @@
 Exactly one of these names where images come from:
 
 - ``db``: a database URL. ``postgresql://USER@HOST[:PORT]/DATABASE`` (or
-  ``postgres://``) opens the artifact manager's PostgreSQL database;
+  ``postgres://``) opens the artifact manager's PostgreSQL database.
   ``sqlite:///abs/path`` and ``sqlite:relative/path`` open an emulator's
-  SQLite database file, read as a file URI, so three slashes mean an
-  absolute path.
+  SQLite database file. They are read as file URIs, so three slashes mean
+  an absolute path.
 - ``store``: an emulator store directory holding ``metadata.sqlite3``.
 - ``registry_root``: a distribution registry's storage ``rootdirectory``.
 - ``layout``: a local OCI image layout directory.

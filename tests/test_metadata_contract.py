@@ -1,9 +1,9 @@
 """One contract for every MetadataSource, checked against each backend.
 
-The same images are stored four ways: pushed into the emulator's SQLite
-store, pushed into a real PostgreSQL server, copied by skopeo into a real
-distribution registry (whose storage tree is then read without the
-registry), and kept as the OCI layout they were built in. Every backend
+The same images are stored four ways. They are pushed into the emulator's
+SQLite store and into a real PostgreSQL server, copied by skopeo into a real
+distribution registry whose storage tree is then read without the registry,
+and kept as the OCI layout they were built in. Every backend
 must return the same rows for them, treat a hidden blob as absent, reject
 symlinks, and build layouts that skopeo and syft read.
 
@@ -60,7 +60,9 @@ from ocilayout.sources import open_source, sqlite_path
 from ocilayout.store import MetadataSource, SQLiteMetadata
 
 from .helpers import syft_packages, tool
-from .pg_server import postgres_server  # noqa: F401  (fixture)
+
+# The PostgreSQL server fixtures, registered once for the whole session.
+pytest_plugins = ("tests.pg_server",)
 
 REPOSITORY_KEY = "docker-local"
 IMAGE = "demo/app"
@@ -94,7 +96,7 @@ class Backend:
     open: Callable[[], MetadataSource]
     # Make a blob absent the way this backend marks it.
     hide_blob: Callable[[str], None]
-    # The file that holds a blob or manifest body.
+    # The file that contains a blob or manifest body.
     blob_path: Callable[[str], Path]
 
 
