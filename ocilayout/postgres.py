@@ -7,8 +7,10 @@ so ``import ocilayout`` works without it. Connection rules:
   A URL that contains a password is rejected, because every local user can
   read a command line. libpq reads the password from ``PGPASSWORD`` or from
   a ``.pgpass`` file (``PGPASSFILE`` names another).
-- Connecting gives up after ``connect_timeout`` seconds, and every
-  statement after ``statement_timeout`` seconds.
+- Connecting gives up after ``connect_timeout`` seconds: the argument when
+  given, else the URL's ``connect_timeout`` or ``PGCONNECT_TIMEOUT``, else
+  DEFAULT_CONNECT_TIMEOUT. Every statement gives up after
+  ``statement_timeout`` seconds.
 - All queries run in one read-only REPEATABLE READ transaction, so a build
   sees one consistent snapshot even while pushes and garbage collection go
   on, and the session cannot write (``default_transaction_read_only`` is set
@@ -23,6 +25,7 @@ rules as the SQLite source (``ocilayout.store.open_blob``).
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Self
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
@@ -79,22 +82,18 @@ class PostgresMetadata:
         self,
         url: str,
         *,
-        connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
+        connect_timeout: int | None = None,
         statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
     ):
         check_url(url)
         psycopg = _import_psycopg()
         self._psycopg = psycopg
         self.url = url
-        options = _session_options(url, statement_timeout, psycopg)
+        given = _parse_conninfo(url, psycopg)
+        settings = _connection_settings(given, connect_timeout)
+        settings["options"] = _session_options(given, statement_timeout)
         try:
-            self._db = psycopg.connect(
-                url,
-                connect_timeout=connect_timeout,
-                application_name="ocilayout",
-                options=options,
-                autocommit=False,
-            )
+            self._db = psycopg.connect(url, autocommit=False, **settings)
         except psycopg.Error as exc:
             raise self._unavailable("cannot connect to", exc) from exc
         self._db.read_only = True
@@ -237,12 +236,32 @@ def _import_psycopg() -> Any:
     return psycopg
 
 
-def _session_options(url: str, statement_timeout: float, psycopg: Any) -> str:
+def _parse_conninfo(url: str, psycopg: Any) -> dict[str, Any]:
+    try:
+        return psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        raise UsageError(f"invalid PostgreSQL URL {_redact(url)!r}: {exc}") from None
+
+
+def _connection_settings(
+    given: dict[str, Any], connect_timeout: int | None
+) -> dict[str, Any]:
+    """Return the libpq settings to add to those the URL and environment set."""
+    settings: dict[str, Any] = {}
+    if "application_name" not in given:
+        settings["application_name"] = "ocilayout"
+    if connect_timeout is not None:
+        settings["connect_timeout"] = connect_timeout
+    elif "connect_timeout" not in given and not os.environ.get("PGCONNECT_TIMEOUT"):
+        settings["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+    return settings
+
+
+def _session_options(given: dict[str, Any], statement_timeout: float) -> str:
     """Return libpq ``options`` that keep any the URL sets and add ours."""
-    given = psycopg.conninfo.conninfo_to_dict(url).get("options") or ""
     milliseconds = max(1, int(statement_timeout * 1000))
     ours = f"-c default_transaction_read_only=on -c statement_timeout={milliseconds}"
-    return f"{given} {ours}".strip()
+    return f"{given.get('options') or ''} {ours}".strip()
 
 
 def _redact(url: str) -> str:

@@ -396,16 +396,33 @@ def test_url_options_kept(pg_store, pg_url):
     assert read_only == [("on",)]
 
 
-def test_silent_server_times_out():
+def test_application_name_from_url_kept(pg_store, pg_url):
+    with PostgresMetadata(pg_url) as source:
+        default = source._rows("SHOW application_name")
+    with PostgresMetadata(f"{pg_url}&application_name=nightly-scan") as source:
+        given = source._rows("SHOW application_name")
+
+    assert default == [("ocilayout",)]
+    assert given == [("nightly-scan",)]
+
+
+@pytest.mark.parametrize("where", ["argument", "url", "environment"])
+def test_silent_server_times_out(where, monkeypatch):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)
         port = silent.getsockname()[1]
+        url = f"postgresql://nobody@127.0.0.1:{port}/x"
+        options = {}
+        if where == "argument":
+            options["connect_timeout"] = 2
+        elif where == "url":
+            url += "?connect_timeout=2"
+        else:
+            monkeypatch.setenv("PGCONNECT_TIMEOUT", "2")
 
         with pytest.raises(MetadataMissingError) as caught:
-            PostgresMetadata(
-                f"postgresql://nobody@127.0.0.1:{port}/x", connect_timeout=2
-            )
+            PostgresMetadata(url, **options)
 
     assert caught.value.reason == "database-unavailable"
     assert "timeout" in str(caught.value)
