@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 from . import mediatypes as mt
 from .cache import VerifyCache, remove_layout
 from .digest import Digest, parse_digest
-from .errors import IntegrityError, OCILayoutError, UsageError
+from .errors import IntegrityError, OCILayoutError, OutputError, UsageError
 from .layout import LayoutWriter
 from .manifest import Platform
 from .place import Placement, place_blob, write_blob_bytes
@@ -146,6 +146,7 @@ def build_layout(
     try:
         plan = resolve(source, request)
         ref = _choose_ref_name(ref_name, plan, warnings)
+        _check_outside_store(output, store, plan)
         with LayoutWriter(output, sync=sync) as writer:
             placements, skipped = _place_all(
                 source, plan, writer, link, workers, progress, cache
@@ -155,13 +156,22 @@ def build_layout(
                     (p.identity, p.digest) for p in placements if p.identity
                 )
             for body_digest, body in plan.bodies.items():
-                write_blob_bytes(body, writer.blob_path(body_digest))
+                path = writer.blob_path(body_digest)
+                # An artifact may carry a manifest body as a layer; the bytes
+                # are the same because the digests are.
+                if not os.path.lexists(path):
+                    write_blob_bytes(body, path)
             if verify == "deep":
                 from .deep import verify_manifests
 
                 checks = verify_manifests(writer.temp, plan.bodies.values())
                 warnings.extend(c.warning for c in checks if c.warning)
             writer.commit(_index_document(plan, ref), before_rename=_self_check)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write the layout {output}: {exc.strerror or exc}",
+            path=str(output),
+        ) from exc
     finally:
         if owned:
             source.close()
@@ -249,6 +259,23 @@ def _self_check(temp: Path) -> None:
         raise IntegrityError(f"self-check of the built layout failed: {problems}")
 
 
+def _check_outside_store(output, store, plan: Plan) -> None:
+    """Reject an output inside the store directory or the repository's storage."""
+    target = Path(os.path.realpath(os.path.dirname(os.path.abspath(output))))
+    target = target / os.path.basename(os.path.abspath(output))
+    roots = [plan.repository.storage_path]
+    if isinstance(store, (str, os.PathLike)):
+        roots.append(os.fspath(store))
+    for root in roots:
+        real_root = Path(os.path.realpath(root))
+        if target == real_root or real_root in target.parents:
+            raise OutputError(
+                f"output {output} is inside the store at {real_root}; a build "
+                "never writes into the store, so choose a path outside it",
+                path=str(output),
+            )
+
+
 def _as_platforms(value) -> tuple[Platform, ...]:
     if value is None:
         return ()
@@ -275,14 +302,14 @@ def _open_source(
 
 def _choose_ref_name(explicit: str | None, plan: Plan, warnings: list[str]) -> str:
     if explicit is not None:
-        if not _REF_NAME.match(explicit):
+        if not _REF_NAME.fullmatch(explicit):
             raise UsageError(
                 f"invalid ref name {explicit!r}: use letters and digits joined "
                 "by one of - . _ : @ + (or --), with / between components"
             )
         return explicit
     tag = plan.tag or "latest"
-    if _REF_NAME.match(tag):
+    if _REF_NAME.fullmatch(tag):
         return tag
     replaced = re.sub(r"[^A-Za-z0-9]+", "-", tag).strip("-") or "latest"
     warnings.append(

@@ -47,7 +47,7 @@ def parse_digest(value: object, what: str = "digest") -> Digest:
     if not isinstance(value, str):
         raise UsageError(f"invalid {what} {value!r}: expected a string")
     shown = repr(value) if len(value) <= 200 else repr(value[:200] + "...")
-    if not _GENERIC.match(value):
+    if not _GENERIC.fullmatch(value):
         raise UsageError(
             f"invalid {what} {shown}: expected the form sha256:<64 lowercase hex>"
         )
@@ -58,7 +58,7 @@ def parse_digest(value: object, what: str = "digest") -> Digest:
             f"unsupported digest algorithm {algorithm!r} in {what} {shown}: "
             f"use sha256 or sha512"
         )
-    if len(encoded) != length or not _LOWER_HEX.match(encoded):
+    if len(encoded) != length or not _LOWER_HEX.fullmatch(encoded):
         raise UsageError(
             f"invalid {what} {shown}: {algorithm} needs exactly {length} "
             f"lowercase hex characters"

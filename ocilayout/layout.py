@@ -50,16 +50,20 @@ class LayoutWriter:
         check_output_path(self.output)
         remove_stale_temporaries(self.output)
         token = secrets.token_hex(6)
-        # The directory gets its scanned name only once its lock is held, so a
-        # concurrent cleaner can never mistake a starting build for a dead one.
+        # A cleaner removes a directory only when it can take the lock in it,
+        # and the lock file appears already locked, so a starting build is
+        # never mistaken for a dead one.
         starting = self.output.parent / f".{self.output.name}{INIT_MARKER}{token}"
         try:
             starting.mkdir(mode=0o755)
             self.temp = starting
+            # The lock file gets its scanned name only once it is locked.
+            unlocked = starting / f"{LOCK_NAME}.new"
             self._lock_fd = os.open(
-                starting / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+                unlocked, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
             )
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(unlocked, starting / LOCK_NAME)
             running = self.output.parent / f".{self.output.name}{TEMP_MARKER}{token}"
             os.rename(starting, running)
             self.temp = running
@@ -168,14 +172,14 @@ def remove_stale_temporaries(output: Path) -> list[Path]:
     A directory counts as dead only when its lock file exists and its lock can
     be taken, which means the process that created it has exited.
     """
-    prefix = f".{output.name}{TEMP_MARKER}"
+    prefixes = (f".{output.name}{TEMP_MARKER}", f".{output.name}{INIT_MARKER}")
     removed = []
     try:
         entries = list(os.scandir(output.parent))
     except OSError:
         return removed
     for entry in entries:
-        if not entry.name.startswith(prefix) or not entry.is_dir(follow_symlinks=False):
+        if not entry.name.startswith(prefixes) or not entry.is_dir(follow_symlinks=False):
             continue
         path = Path(entry.path)
         try:

@@ -85,12 +85,22 @@ def load_json(data: bytes, where: str) -> dict:
             f"{where} is {len(data)} bytes, larger than the {MAX_BODY_BYTES} "
             "byte limit for JSON bodies"
         )
+    try:
+        # JSON exchanged between systems is UTF-8 (RFC 8259); json.loads
+        # would also take UTF-16 and UTF-32, which Go readers reject.
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidContentError(f"{where} is not UTF-8 JSON: {exc}") from None
     _check_depth(data, where)
     try:
-        value = json.loads(data, object_pairs_hook=_reject_duplicates)
+        value = json.loads(
+            text,
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+        )
     except _DuplicateKey as exc:
         raise InvalidContentError(f"{where} has duplicate JSON key {exc}") from None
-    except (UnicodeDecodeError, ValueError) as exc:
+    except ValueError as exc:
         raise InvalidContentError(f"{where} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidContentError(
@@ -110,6 +120,10 @@ def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
             raise _DuplicateKey(repr(key))
         result[key] = value
     return result
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _check_depth(data: bytes, where: str) -> None:
@@ -140,8 +154,8 @@ def _check_depth(data: bytes, where: str) -> None:
 def sniff_media_type(body: dict, where: str) -> str:
     """Return the body's own media type, inferred from its fields if absent."""
     declared = body.get("mediaType")
-    if declared is not None and not isinstance(declared, str):
-        raise InvalidContentError(f"{where} has a non-string mediaType {declared!r}")
+    if "mediaType" in body and not mt.is_valid_media_type(declared):
+        raise InvalidContentError(f"{where} has an invalid mediaType {declared!r}")
     if body.get("schemaVersion") == 1 or declared in mt.SCHEMA1_TYPES:
         return mt.DOCKER_SCHEMA1
     if declared:

@@ -38,7 +38,7 @@ _MEDIA_TYPE = re.compile(rf"^{_RESTRICTED_NAME}/{_RESTRICTED_NAME}$")
 
 
 def is_valid_media_type(value: object) -> bool:
-    return isinstance(value, str) and bool(_MEDIA_TYPE.match(value))
+    return isinstance(value, str) and bool(_MEDIA_TYPE.fullmatch(value))
 
 
 def is_non_distributable(media_type: str) -> bool:

@@ -39,7 +39,7 @@ def host_platform() -> Platform:
 def parse_platform(value: str, os_version: str | None = None) -> Platform:
     """Parse ``os/arch[/variant]``, for example ``linux/arm64/v8``."""
     parts = value.split("/")
-    if not 2 <= len(parts) <= 3 or not all(_COMPONENT.match(p) for p in parts):
+    if not 2 <= len(parts) <= 3 or not all(_COMPONENT.fullmatch(p) for p in parts):
         raise UsageError(
             f"invalid platform {value!r}: expected os/arch[/variant], "
             "for example linux/amd64 or linux/arm64/v8"
@@ -55,7 +55,7 @@ def parse_platform(value: str, os_version: str | None = None) -> Platform:
 def _check_os_version(value: str | None) -> str | None:
     if value is None:
         return None
-    if not re.match(r"^[0-9]+(\.[0-9]+)*$", value):
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", value):
         raise UsageError(
             f"invalid os.version {value!r}: expected dotted numbers such as "
             "10.0.17763.1234"

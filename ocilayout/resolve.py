@@ -165,6 +165,7 @@ class _Resolver:
         manifest = self.image_manifest(body)
         blobs = self.image_blobs(body.digest, manifest)
         config = self._config(blobs[0])
+        _check_diff_ids(config, manifest, body.digest)
         platform = descriptor_platform or platform_from_config(config)
         entry = _descriptor(body, platform)
         plan = Plan(
@@ -469,11 +470,14 @@ class _Resolver:
         return manifest
 
     def image_blobs(self, digest: Digest, manifest: Manifest) -> list[PlannedBlob]:
-        """Match a manifest's descriptors with its ``manifest_blob_refs`` rows."""
+        """Match a manifest's descriptors with its ``manifest_blob_refs`` rows.
+
+        Rows that contradict the manifest (a malformed digest, a duplicate, a
+        blob the manifest does not list, another size) are integrity errors
+        and are reported before rows that are merely missing.
+        """
         where = f"manifest {digest}"
         rows = self.source.blob_refs(self.repo, str(digest))
-        wanted = [("config", manifest.config)]
-        wanted += [("layer", layer) for layer in manifest.layers]
         if not rows:
             raise MetadataMissingError(
                 f"no manifest_blob_refs rows for {where} in repository "
@@ -482,30 +486,20 @@ class _Resolver:
                 digest=str(digest),
                 manifest=str(digest),
             )
-        by_key: dict[tuple[str, str], object] = {}
-        for row in rows:
-            key = (row.kind, row.digest)
-            if key in by_key:
-                raise IntegrityError(
-                    f"{where}: duplicate manifest_blob_refs rows for "
-                    f"{row.kind} {row.digest}"
-                )
-            by_key[key] = row
-        planned: list[PlannedBlob] = []
-        used: set[tuple[str, str]] = set()
-        for kind, descriptor in wanted:
-            key = (kind, str(descriptor.digest))
-            row = by_key.get(key)
-            used.add(key)
-            planned.append(self._plan_one(digest, kind, descriptor, row))
-        extra = sorted(set(by_key) - used)
+        by_key = _index_rows(rows, where)
+        wanted = [("config", manifest.config)]
+        wanted += [("layer", layer) for layer in manifest.layers]
+        extra = sorted(set(by_key) - {(k, str(d.digest)) for k, d in wanted})
         if extra:
             listed = ", ".join(f"{kind} {d}" for kind, d in extra)
             raise IntegrityError(
                 f"{where}: manifest_blob_refs lists blobs the manifest does not: "
                 f"{listed}"
             )
-        return planned
+        return [
+            self._plan_one(digest, kind, descriptor, by_key.get((kind, str(descriptor.digest))))
+            for kind, descriptor in wanted
+        ]
 
     def _plan_one(self, manifest_digest: Digest, kind: str, descriptor: Descriptor,
                   row) -> PlannedBlob:
@@ -513,6 +507,8 @@ class _Resolver:
         if row is None or row.storage_key is None:
             if kind == "layer" and _may_be_absent(descriptor):
                 return PlannedBlob(descriptor, kind, None)
+            if row is not None:
+                self._check_blob_row_digest(descriptor.digest, where)
             problem = (
                 "no manifest_blob_refs row" if row is None
                 else "no live oci_blobs row (absent or pending deletion)"
@@ -530,6 +526,16 @@ class _Resolver:
             )
         return PlannedBlob(descriptor, kind, row.storage_key)
 
+    def _check_blob_row_digest(self, digest: Digest, where: str) -> None:
+        """Reject an oci_blobs row stored under ``digest``'s key with another digest."""
+        key = f"oci-blobs/{digest}"
+        for value in self.source.blob_digests_at(self.repo, key):
+            if value != str(digest):
+                raise InvalidContentError(
+                    f"{where}: the oci_blobs row at storage key {key} has digest "
+                    f"{value!r}, not {digest}"
+                )
+
     def _config(self, config: PlannedBlob) -> dict:
         data = read_small_blob(
             self.source,
@@ -539,6 +545,50 @@ class _Resolver:
             config.descriptor.size,
         )
         return load_json(data, f"config {config.digest}")
+
+
+def _check_diff_ids(config: dict, manifest: Manifest, digest: Digest) -> None:
+    """Reject an image whose config lists another number of layers than it has."""
+    rootfs = config.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list):
+        raise InvalidContentError(
+            f"config {manifest.config.digest} of manifest {digest} has no "
+            "rootfs.diff_ids array"
+        )
+    if len(diff_ids) != len(manifest.layers):
+        raise InvalidContentError(
+            f"config {manifest.config.digest} lists {len(diff_ids)} rootfs.diff_ids "
+            f"but manifest {digest} has {len(manifest.layers)} layers"
+        )
+
+
+def _index_rows(rows: list, where: str) -> dict[tuple[str, str], object]:
+    """Key blob reference rows by (kind, digest), rejecting malformed or duplicate rows."""
+    by_key: dict[tuple[str, str], object] = {}
+    for row in rows:
+        try:
+            parse_digest(row.digest, "manifest_blob_refs.blob_digest")
+        except UsageError as exc:
+            raise InvalidContentError(f"{where}: {exc}") from None
+        key = (row.kind, row.digest)
+        if row.kind not in ("config", "layer"):
+            raise InvalidContentError(
+                f"{where}: manifest_blob_refs row for {row.digest} has kind "
+                f"{row.kind!r}, expected config or layer"
+            )
+        previous = by_key.get(key)
+        if previous is not None:
+            table = (
+                "oci_blobs"
+                if previous.ref_id is not None and previous.ref_id == row.ref_id
+                else "manifest_blob_refs"
+            )
+            raise IntegrityError(
+                f"{where}: duplicate {table} rows for {row.kind} {row.digest}"
+            )
+        by_key[key] = row
+    return by_key
 
 
 def _locate(

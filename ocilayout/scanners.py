@@ -242,7 +242,13 @@ class Profile:
             name: value
             for name, value in environ.items()
             if not name.startswith(self.credential_prefixes)
+            and not name.startswith(PRIVATE_PREFIXES)
         }
+
+
+# ocilayout's own variables, the token signing key among them, never reach a
+# scanner process.
+PRIVATE_PREFIXES = ("OCILAYOUT_TOKEN_",)
 
 
 class SyftProfile(Profile):

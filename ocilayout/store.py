@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
-from .errors import MetadataMissingError, UnsafePathError
+from .errors import IntegrityError, MetadataMissingError, UnsafePathError
 
 DATABASE_NAME = "metadata.sqlite3"
 
@@ -61,6 +61,8 @@ class BlobRef:
     kind: str
     size: int | None
     storage_key: str | None
+    ref_id: str | None = None
+    blob_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,10 @@ class MetadataSource(Protocol):
     def blob_refs(self, repo: Repository, manifest_digest: str) -> list[BlobRef]: ...
 
     def blob(self, repo: Repository, digest: str) -> Blob | None: ...
+
+    def blob_digests_at(self, repo: Repository, storage_key: str) -> list[str]:
+        """Return the digest column of every oci_blobs row with this storage key."""
+        ...
 
     def children(self, repo: Repository, parent_digest: str) -> list[str]: ...
 
@@ -154,6 +160,11 @@ class SQLiteMetadata:
 
     def repository(self, key: str) -> Repository | None:
         found = self._repositories("WHERE r.key = ?", key)
+        if len(found) > 1:
+            raise IntegrityError(
+                f"{len(found)} repositories rows have key {key!r}; the key must "
+                "be unique"
+            )
         return found[0] if found else None
 
     def repositories_with_manifest(self, digest: str) -> list[Repository]:
@@ -173,11 +184,17 @@ class SQLiteMetadata:
     def tag(self, repo: Repository, image: str, tag: str) -> Tag | None:
         rows = self._rows(
             "SELECT name, tag, manifest_digest, manifest_content_type FROM oci_tags "
-            "WHERE repository_id = ? AND name = ? AND tag = ?",
+            "WHERE repository_id = ? AND name = ? AND tag = ? LIMIT 10",
             repo.id,
             image,
             tag,
         )
+        if len(rows) > 1:
+            digests = ", ".join(sorted({str(row[2]) for row in rows}))
+            raise IntegrityError(
+                f"several oci_tags rows for {image}:{tag} in repository "
+                f"{repo.key} ({digests}); (repository_id, name, tag) must be unique"
+            )
         return Tag(*rows[0]) if rows else None
 
     def manifest(self, repo: Repository, digest: str) -> StoredManifest | None:
@@ -192,7 +209,7 @@ class SQLiteMetadata:
 
     def blob_refs(self, repo: Repository, manifest_digest: str) -> list[BlobRef]:
         rows = self._rows(
-            "SELECT m.blob_digest, m.kind, b.size_bytes, b.storage_key "
+            "SELECT m.blob_digest, m.kind, b.size_bytes, b.storage_key, m.id, b.id "
             "FROM manifest_blob_refs m LEFT JOIN oci_blobs b "
             "ON b.repository_id = m.repository_id AND b.digest = m.blob_digest "
             "AND b.pending_delete_at IS NULL "
@@ -202,6 +219,14 @@ class SQLiteMetadata:
             manifest_digest,
         )
         return [BlobRef(*row) for row in rows]
+
+    def blob_digests_at(self, repo: Repository, storage_key: str) -> list[str]:
+        rows = self._rows(
+            "SELECT digest FROM oci_blobs WHERE repository_id = ? AND storage_key = ?",
+            repo.id,
+            storage_key,
+        )
+        return [row[0] for row in rows]
 
     def blob(self, repo: Repository, digest: str) -> Blob | None:
         rows = self._rows(
@@ -291,6 +316,12 @@ def open_blob(repo: Repository, key: str) -> tuple[int, str]:
         raise MetadataMissingError(
             f"storage_path {root} of repository {repo.key} does not exist",
             reason="storage-path-missing",
+        ) from exc
+    except OSError as exc:
+        raise UnsafePathError(
+            f"storage_path {root} of repository {repo.key} is not a directory "
+            f"or is a symlink: {os.strerror(exc.errno or 0)}",
+            path=root,
         ) from exc
     try:
         for part in parts[:-1]:

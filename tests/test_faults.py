@@ -120,12 +120,6 @@ def test_disk_full_at_every_step_leaves_nothing(big_image, tmp_path):
     assert all("No space left on device" in str(error) for error in errors)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="place.write_blob_bytes (manifest bodies) and LayoutWriter._write_json "
-    "(oci-layout, index.json) let OSError escape build_layout unwrapped, so "
-    "ENOSPC there reaches the CLI as a traceback instead of an OutputError",
-)
 def test_disk_full_at_every_step_raises_ocilayout_error(big_image, tmp_path):
     errors = _fill_disk_at_every_step(big_image, tmp_path)
 
@@ -543,12 +537,6 @@ def test_cleanup_spares_what_it_cannot_prove_dead(pushed_single, output, tmp_pat
     inv.assert_built(result.warnings)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="layout.remove_stale_temporaries scans only names with TEMP_MARKER, "
-    "so a build killed between creating its .ocilayout-init- directory and "
-    "renaming it leaves that directory beside the output forever",
-)
 def test_stale_init_directory_cleaned(pushed_single, output, tmp_path):
     stale = output.parent / f".{output.name}{INIT_MARKER}0123456789ab"
     stale.mkdir()

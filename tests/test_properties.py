@@ -213,7 +213,6 @@ LINE_FEED_DEFECT = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=f"platforms.parse_platform: {LINE_FEED_DEFECT}")
 @pytest.mark.parametrize(
     "value,os_version",
     [("linux/amd64\n", None), ("linux\n/amd64", None), ("linux/amd64", "10.0\n")],
@@ -223,11 +222,6 @@ def test_platform_line_feed_rejected(value, os_version):
         parse_platform(value, os_version)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="build._choose_ref_name (_REF_NAME), for --ref and for tags read "
-    f"from oci_tags: {LINE_FEED_DEFECT}",
-)
 @pytest.mark.parametrize("source", ["explicit", "tag"])
 def test_ref_name_line_feed_rejected(source):
     value = "latest\n"
@@ -243,9 +237,6 @@ def test_ref_name_line_feed_rejected(source):
     assert REF_NAME.fullmatch(chosen), repr(chosen)
 
 
-@pytest.mark.xfail(
-    strict=True, reason=f"mediatypes.is_valid_media_type: {LINE_FEED_DEFECT}"
-)
 def test_media_type_line_feed_rejected():
     assert not is_valid_media_type("application/vnd.oci.image.layer.v1.tar\n")
 

@@ -95,39 +95,39 @@ def short(value: object, limit: int = 80) -> str:
 
 
 def is_media_type(value: object) -> bool:
-    return isinstance(value, str) and bool(_MEDIA_TYPE.match(value))
+    return isinstance(value, str) and bool(_MEDIA_TYPE.fullmatch(value))
 
 
 def is_ref_name(value: object) -> bool:
-    return isinstance(value, str) and bool(_REF_NAME.match(value))
+    return isinstance(value, str) and bool(_REF_NAME.fullmatch(value))
 
 
 def is_blob_name(algorithm: str, encoded: str) -> bool:
     """Tell whether ``blobs/<algorithm>/<encoded>`` is a valid blob file name."""
-    if not _ALGORITHM.match(algorithm) or not _ENCODED.match(encoded):
+    if not _ALGORITHM.fullmatch(algorithm) or not _ENCODED.fullmatch(encoded):
         return False
     length = HEX_LENGTHS.get(algorithm)
     if length is None:
         return True
-    return len(encoded) == length and bool(_LOWER_HEX.match(encoded))
+    return len(encoded) == length and bool(_LOWER_HEX.fullmatch(encoded))
 
 
 def is_algorithm_name(name: str) -> bool:
-    return bool(_ALGORITHM.match(name))
+    return bool(_ALGORITHM.fullmatch(name))
 
 
 def digest_problem(value: object) -> str | None:
     """Explain why ``value`` is not a valid digest string, or return None."""
     if not isinstance(value, str):
         return f"digest {short(value)} is not a string"
-    if not _DIGEST.match(value):
+    if not _DIGEST.fullmatch(value):
         return (
             f"digest {short(value)} does not match algorithm:encoded, "
             "for example sha256:<64 lowercase hex characters>"
         )
     algorithm, encoded = value.split(":", 1)
     length = HEX_LENGTHS.get(algorithm)
-    if length is not None and (len(encoded) != length or not _LOWER_HEX.match(encoded)):
+    if length is not None and (len(encoded) != length or not _LOWER_HEX.fullmatch(encoded)):
         return (
             f"digest {short(value)} is invalid: {algorithm} needs exactly "
             f"{length} lowercase hex characters"
