@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS oci_blobs (
     created_at TEXT NOT NULL,
     UNIQUE (repository_id, digest)
 );
+CREATE INDEX IF NOT EXISTS oci_blobs_storage_key
+    ON oci_blobs (repository_id, storage_key);
 
 CREATE TABLE IF NOT EXISTS manifest_blob_refs (
     id TEXT PRIMARY KEY,
