@@ -166,6 +166,8 @@ INDEXES = (
     ("artifacts_storage_key", "artifacts (storage_key, repository_id)"),
     ("oci_tags_name_tag", "oci_tags (name, tag)"),
     ("oci_tags_digest", "oci_tags (repository_id, manifest_digest)"),
+    # A blob row is also looked up by the storage key its file has.
+    ("oci_blobs_storage_key", "oci_blobs (repository_id, storage_key)"),
     # Garbage collection scans the rows marked for deletion and looks up
     # which manifests still reference a blob.
     (

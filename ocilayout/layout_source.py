@@ -347,6 +347,19 @@ class OCILayoutMetadata:
         size = stored_size(self.repo, key)
         return Blob(digest, size, key) if size is not None else None
 
+    def blob_digests_at(self, repo: Repository, storage_key: str) -> list[str]:
+        # A layout stores a blob at the key its digest names, so no other
+        # digest can be found there.
+        blob = self._blob_at(repo, storage_key)
+        return [blob.digest] if blob else []
+
+    def _blob_at(self, repo: Repository, storage_key: str) -> Blob | None:
+        parts = storage_key.split("/")
+        if len(parts) != 3 or parts[0] != "blobs":
+            return None
+        digest = as_digest(f"{parts[1]}:{parts[2]}")
+        return self.blob(repo, str(digest)) if digest else None
+
     def children(self, repo: Repository, parent_digest: str) -> list[str]:
         if self.manifest(repo, parent_digest) is None:
             return []

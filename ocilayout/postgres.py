@@ -29,7 +29,7 @@ import os
 from typing import Any, Self
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
-from .errors import MetadataMissingError, UsageError
+from .errors import IntegrityError, MetadataMissingError, UsageError
 from .store import Blob, BlobRef, Repository, StoredManifest, Subject, Tag, open_blob
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,11 @@ class PostgresMetadata:
 
     def repository(self, key: str) -> Repository | None:
         found = self._repositories("WHERE r.key = %s", key)
+        if len(found) > 1:
+            raise IntegrityError(
+                f"{len(found)} repositories rows have key {key!r}; the key must "
+                "be unique"
+            )
         return found[0] if found else None
 
     def repositories_with_manifest(self, digest: str) -> list[Repository]:
@@ -158,11 +163,17 @@ class PostgresMetadata:
     def tag(self, repo: Repository, image: str, tag: str) -> Tag | None:
         rows = self._rows(
             "SELECT name, tag, manifest_digest, manifest_content_type FROM oci_tags "
-            "WHERE repository_id = %s AND name = %s AND tag = %s",
+            "WHERE repository_id = %s AND name = %s AND tag = %s LIMIT 10",
             repo.id,
             image,
             tag,
         )
+        if len(rows) > 1:
+            digests = ", ".join(sorted({str(row[2]) for row in rows}))
+            raise IntegrityError(
+                f"several oci_tags rows for {image}:{tag} in repository "
+                f"{repo.key} ({digests}); (repository_id, name, tag) must be unique"
+            )
         return Tag(*rows[0]) if rows else None
 
     def manifest(self, repo: Repository, digest: str) -> StoredManifest | None:
@@ -177,7 +188,8 @@ class PostgresMetadata:
 
     def blob_refs(self, repo: Repository, manifest_digest: str) -> list[BlobRef]:
         rows = self._rows(
-            "SELECT m.blob_digest, m.kind, b.size_bytes, b.storage_key "
+            "SELECT m.blob_digest, m.kind, b.size_bytes, b.storage_key, "
+            "m.id::text, b.id::text "
             "FROM manifest_blob_refs m LEFT JOIN oci_blobs b "
             "ON b.repository_id = m.repository_id AND b.digest = m.blob_digest "
             "AND b.pending_delete_at IS NULL "
@@ -187,6 +199,15 @@ class PostgresMetadata:
             manifest_digest,
         )
         return [BlobRef(*row) for row in rows]
+
+    def blob_digests_at(self, repo: Repository, storage_key: str) -> list[str]:
+        rows = self._rows(
+            "SELECT digest FROM oci_blobs "
+            "WHERE repository_id = %s AND storage_key = %s",
+            repo.id,
+            storage_key,
+        )
+        return [row[0] for row in rows]
 
     def blob(self, repo: Repository, digest: str) -> Blob | None:
         rows = self._rows(

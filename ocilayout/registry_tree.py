@@ -234,6 +234,18 @@ class RegistryTreeMetadata:
         size = stored_size(self._repo(repo.key), key)
         return Blob(digest, size, key) if size is not None else None
 
+    def blob_digests_at(self, repo: Repository, storage_key: str) -> list[str]:
+        # The tree stores a blob at the key its digest names, so no other
+        # digest can be found there.
+        parts = storage_key.split("/")
+        prefix = [*TREE, "blobs"]
+        if len(parts) != len(prefix) + 4 or parts[: len(prefix)] != prefix:
+            return []
+        digest = as_digest(f"{parts[-4]}:{parts[-2]}")
+        if digest is None or blob_key(digest) != storage_key:
+            return []
+        return [str(digest)] if self.blob(repo, str(digest)) else []
+
     def children(self, repo: Repository, parent_digest: str) -> list[str]:
         rows = self._stored(repo, parent_digest)
         return sorted({digest for digest, _ in rows.children}) if rows else []

@@ -391,6 +391,19 @@ def test_blob_row_has_size_and_key(backend, corpus):
     assert unknown is None
 
 
+def test_blob_digests_at_storage_key(backend, corpus):
+    config = corpus.document(corpus.digests["single"])["config"]["digest"]
+
+    with opened(backend) as source:
+        repo = source.repository(backend.repo_key)
+        row = source.blob(repo, config)
+        found = source.blob_digests_at(repo, row.storage_key)
+        elsewhere = source.blob_digests_at(repo, "oci-blobs/sha256:" + "3" * 64)
+
+    assert found == [config]
+    assert elsewhere == []
+
+
 @pytest.mark.parametrize("ref", ["multi", "nested", "single"])
 def test_children_listed_sorted(backend, corpus, ref):
     document = corpus.document(corpus.digests[ref])

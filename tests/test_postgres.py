@@ -21,7 +21,7 @@ import pytest
 from emulator import postgres as emulator_postgres
 from emulator.imagegen import host_platform
 from ocilayout.build import build_layout
-from ocilayout.errors import MetadataMissingError, UsageError
+from ocilayout.errors import IntegrityError, MetadataMissingError, UsageError
 from ocilayout.platforms import matches, parse_platform
 from ocilayout.postgres import PostgresMetadata
 
@@ -266,6 +266,47 @@ def test_repush_clears_pending_delete(pg_store, pg_url, real_image_single):
     assert marked == 0
 
 
+def test_duplicate_tag_rows_rejected(pg_store, pg_url, real_image_single):
+    push_image(pg_store, real_image_single, "single")
+    with emulator_postgres.connect(pg_url) as connection:
+        connection.execute(
+            "ALTER TABLE oci_tags DROP CONSTRAINT oci_tags_repository_name_tag_key"
+        )
+        connection.execute(
+            "INSERT INTO oci_tags (repository_id, name, tag, manifest_digest,"
+            " manifest_content_type) SELECT repository_id, name, tag, %s,"
+            " manifest_content_type FROM oci_tags WHERE tag = 'single'",
+            ("sha256:" + "4" * 64,),
+        )
+
+    with PostgresMetadata(pg_url) as source:
+        repo = source.repository(REPOSITORY_KEY)
+        with pytest.raises(IntegrityError, match="several oci_tags rows") as caught:
+            source.tag(repo, IMAGE_NAME, "single")
+
+    assert "sha256:" + "4" * 64 in str(caught.value)
+
+
+def test_duplicate_blob_rows_rejected(pg_store, pg_url, real_image_single, tmp_path):
+    digest = push_image(pg_store, real_image_single, "single")
+    with emulator_postgres.connect(pg_url) as connection:
+        connection.execute(
+            "ALTER TABLE oci_blobs DROP CONSTRAINT oci_blobs_repository_digest_key"
+        )
+        connection.execute(
+            "INSERT INTO oci_blobs (repository_id, digest, size_bytes, storage_key)"
+            " SELECT repository_id, digest, size_bytes, storage_key FROM oci_blobs"
+        )
+
+    with (
+        PostgresMetadata(pg_url) as source,
+        pytest.raises(IntegrityError, match="duplicate oci_blobs rows"),
+    ):
+        build_layout(source, tmp_path / "out", digest=digest)
+
+    assert not (tmp_path / "out").exists()
+
+
 def table_snapshot(url: str) -> dict[str, list[tuple]]:
     snapshot = {}
     with emulator_postgres.connect(url) as connection:
@@ -498,7 +539,7 @@ def test_every_query_uses_indexes(big_database, real_image_multi, tmp_path):
     url, digest = big_database
     statements = record_build_statements(url, digest, real_image_multi, tmp_path)
     distinct = {sql: params for sql, params in statements}
-    assert len(distinct) >= 9, sorted(distinct)
+    assert len(distinct) >= 11, sorted(distinct)
 
     with emulator_postgres.connect(url, autocommit=True) as connection:
         for sql, params in distinct.items():
@@ -536,6 +577,7 @@ def record_build_statements(url, digest, image, tmp_path) -> list[tuple[str, tup
             ).read_bytes()
         )["config"]["digest"]
         assert source.blob(repo, config) is not None
+        assert source.blob_digests_at(repo, f"oci-blobs/{config}") == [config]
         assert source.children(repo, digest)
         assert source.referrers(repo, digest) == []
     finally:
