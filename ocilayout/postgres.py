@@ -99,6 +99,7 @@ class PostgresMetadata:
         self._db.read_only = True
         self._db.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         self._check_tables()
+        log.debug("reading metadata from PostgreSQL database %s", _redact(url))
 
     def __enter__(self) -> Self:
         return self

@@ -161,6 +161,9 @@ class RegistryTreeMetadata:
                 ]
             finally:
                 os.close(fd)
+            skipped = [name for name, is_dir in entries if not is_dir]
+            if skipped:
+                log.debug("skipping non-directories %s in %s", skipped, parts)
             names = {name for name, is_dir in entries if is_dir}
             if "_manifests" in names and _NAME.fullmatch("/".join(name_parts)):
                 found.append("/".join(name_parts))
