@@ -141,7 +141,7 @@ def build_layout(
         shape=shape,
         referrers=referrers,
     )
-    source, owned = _open_source(store)
+    source, owned = open_store_source(store)
     warnings: list[str] = []
     try:
         plan = resolve(source, request)
@@ -292,11 +292,17 @@ def _as_digest(value: str | Digest | None) -> Digest | None:
     return parse_digest(value)
 
 
-def _open_source(
-    store: str | os.PathLike[str] | MetadataSource,
-) -> tuple[MetadataSource, bool]:
+def open_store_source(store) -> tuple[MetadataSource, bool]:
+    """Return (source, whether this build opened it and must close it).
+
+    ``store`` is a store directory, an open MetadataSource, or a callable
+    that opens one, so errors from opening a database surface inside the
+    build like any other missing metadata.
+    """
     if isinstance(store, (str, os.PathLike)):
         return SQLiteMetadata.for_store(store), True
+    if callable(store) and not hasattr(store, "blob_refs"):
+        return store(), True
     return store, False
 
 

@@ -50,6 +50,43 @@ _HINTS: list[tuple[type, str]] = [
 ]
 
 
+# Where images are read from: exactly one of these options is given.
+STORE_HELP = "Emulator store directory (contains metadata.sqlite3)."
+DB_HELP = (
+    "Metadata database: postgresql://USER@HOST[:PORT]/DATABASE (password from "
+    "PGPASSWORD or ~/.pgpass, never in the URL) or sqlite:///PATH."
+)
+REGISTRY_ROOT_HELP = (
+    "Storage root of a distribution registry (contains docker/registry/v2)."
+)
+LAYOUT_HELP = "A local OCI image layout to read images from."
+
+
+def metadata_source(store, db, registry_root, layout):
+    """Return what build_layout and scan_image take for the given source options.
+
+    A plain ``--store`` is passed as a path; any other source is opened
+    lazily by a factory, so that a database that cannot be reached surfaces
+    inside the build as missing metadata (exit 4).
+    """
+    if store is not None and db is None and registry_root is None and layout is None:
+        return store
+
+    def open_given():
+        from .sources import open_source
+
+        return open_source(
+            db=db, store=store, registry_root=registry_root, layout=layout
+        )
+
+    if not any(value is not None for value in (store, db, registry_root, layout)):
+        raise UsageError(
+            "give one of --store, --db, --registry-root or --layout to say "
+            "where the images are stored"
+        )
+    return open_given
+
+
 # Exit code of `check` for a layout with errors, the integrity failure code.
 EXIT_INVALID_LAYOUT = 5
 
@@ -180,7 +217,10 @@ def _open_cache(no_cache: bool, cache_dir: Path | None, link: Link):
 @app.command()
 def build(
     output: Path = typer.Option(..., "--output", "-o", help="Layout directory to create; it must not exist."),
-    store: Path = typer.Option(..., "--store", help="Emulator store directory (holds metadata.sqlite3)."),
+    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+    registry_root: Optional[Path] = typer.Option(None, "--registry-root", help=REGISTRY_ROOT_HELP),
+    layout_dir: Optional[Path] = typer.Option(None, "--layout", help=LAYOUT_HELP),
     digest: Optional[str] = typer.Option(None, "--digest", help="Manifest or index digest, sha256:<hex>."),
     image: Optional[str] = typer.Option(None, "--image", help="Image name, used with --tag."),
     tag: Optional[str] = typer.Option(None, "--tag", help="Tag (or digest reference) of --image."),
@@ -209,7 +249,7 @@ def build(
     try:
         cache = _open_cache(no_cache, cache_dir, link)
         result = build_layout(
-            store,
+            metadata_source(store, db, registry_root, layout_dir),
             output,
             digest=digest,
             image=image,

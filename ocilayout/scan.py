@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .build import temporary_layout
+from .build import open_store_source, temporary_layout
 from .digest import parse_digest
 from .errors import MetadataMissingError, OCILayoutError, UsageError
 from .scanners import (
@@ -51,7 +51,7 @@ from .scanners import (
     get_profile,
     strip_ansi,
 )
-from .store import MetadataSource, SQLiteMetadata
+from .store import MetadataSource
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ class _Pipeline:
         if digest is None and (request.tag or "").startswith(("sha256:", "sha512:")):
             digest = str(parse_digest(request.tag, "tag"))
         try:
-            source, owned = _open_source(self.store)
+            source, owned = open_store_source(self.store)
         except MetadataMissingError:
             if request.repo and digest:
                 return request.repo, digest
@@ -574,14 +574,6 @@ def _make_workspace(parent: str | os.PathLike[str] | None) -> Path:
             "misread in a source or output option; choose another workspace"
         )
     return folder
-
-
-def _open_source(
-    store: str | os.PathLike[str] | MetadataSource,
-) -> tuple[MetadataSource, bool]:
-    if isinstance(store, (str, os.PathLike)):
-        return SQLiteMetadata.for_store(store), True
-    return store, False
 
 
 def _locate_with(

@@ -14,6 +14,13 @@ from typing import Optional
 
 import typer
 
+from .cli import (
+    DB_HELP,
+    LAYOUT_HELP,
+    REGISTRY_ROOT_HELP,
+    STORE_HELP,
+    metadata_source,
+)
 from .errors import IntegrityError, MetadataMissingError, OCILayoutError
 from .scan import FallbackUnavailableError, RegistryFallback, scan_image
 from .scanners import (
@@ -69,9 +76,12 @@ def register(app: typer.Typer) -> None:
 
 
 def scan(
-    store: Path = typer.Option(
-        ..., "--store", help="Emulator store directory (contains metadata.sqlite3)."
+    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+    registry_root: Optional[Path] = typer.Option(
+        None, "--registry-root", help=REGISTRY_ROOT_HELP
     ),
+    layout_dir: Optional[Path] = typer.Option(None, "--layout", help=LAYOUT_HELP),
     digest: Optional[str] = typer.Option(
         None, "--digest", help="Manifest or index digest, sha256:<hex>."
     ),
@@ -178,7 +188,7 @@ def scan(
         )
     try:
         outcome = scan_image(
-            store,
+            metadata_source(store, db, registry_root, layout_dir),
             digest=digest,
             image=image,
             tag=tag,

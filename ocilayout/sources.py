@@ -89,7 +89,9 @@ def sqlite_path(url: str) -> str:
             f"invalid SQLite URL {url!r}: expected sqlite:///ABSOLUTE/PATH or "
             "sqlite:RELATIVE/PATH"
         )
-    return unquote(parts.path)
+    path = unquote(parts.path)
+    # SQLAlchemy spells an absolute path with four slashes; accept that too.
+    return "/" + path.lstrip("/") if path.startswith("/") else path
 
 
 def _scheme_only(url: str) -> str:

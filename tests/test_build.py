@@ -435,3 +435,51 @@ def pushed_single_layers(store, manifest_digest: str) -> list[str]:
         ).fetchall()
     assert rows, f"no layer rows for {manifest_digest}"
     return [row[0] for row in rows]
+
+
+# Other sources on the command line
+
+
+def test_cli_reads_sqlite_database_url(pushed_single, tmp_path):
+    database = pushed_single.store.root / "metadata.sqlite3"
+
+    code, summary = run_json(
+        "build", "--db", f"sqlite://{database}", "--image", pushed_single.image,
+        "--tag", pushed_single.tag, "--output", tmp_path / "layout", "--no-cache",
+    )
+
+    assert code == 0, summary
+    assert summary["manifest_digest"] == pushed_single.digest
+
+
+def test_cli_reads_oci_layout_source(real_image_single, tmp_path):
+    code, summary = run_json(
+        "build", "--layout", real_image_single.layout, "--image", "any",
+        "--tag", real_image_single.ref, "--output", tmp_path / "layout",
+        "--no-cache",
+    )
+
+    assert code == 0, summary
+    assert summary["manifest_digest"] == real_image_single.digest
+    packages = syft_packages(summary["target"])
+    assert len(packages) == real_image_single.package_count
+
+
+def test_cli_without_source_is_usage_error(tmp_path):
+    result = run_cli("build", "--digest", "sha256:" + "0" * 64, "--output",
+                     tmp_path / "layout")
+
+    assert result.returncode == 2
+    assert "--store, --db, --registry-root or --layout" in result.stderr
+
+
+def test_cli_unreachable_database_exits_4(tmp_path):
+    code, summary = run_json(
+        # A socket folder without a server: the connection fails at once.
+        "build", "--db", f"postgresql://nobody@/none?host={tmp_path}",
+        "--digest", "sha256:" + "0" * 64, "--output", tmp_path / "layout",
+    )
+
+    assert code == 4
+    assert summary["error"]["reason"] == "database-unavailable"
+    assert not (tmp_path / "layout").exists()
