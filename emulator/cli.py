@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m emulator init DIR
-    python -m emulator push --store DIR --repo KEY --image NAME [--tag TAG] SOURCE
+    python -m emulator init DIR [--db postgresql://USER@HOST/DB]
+    python -m emulator push --store DIR [--db URL] --repo KEY --image NAME [--tag TAG] SOURCE
     python -m emulator make-image --out DIR [--platform P ...] [--attestation]
     python -m emulator serve --store DIR --port N --public-key FILE
 
@@ -19,7 +19,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ocilayout.errors import OCILayoutError
+from ocilayout.errors import OCILayoutError, UsageError
 
 from .imagegen import COMPRESSIONS, DEBIAN_PACKAGES, host_platform, make_image
 from .push import push
@@ -46,11 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = commands.add_parser("init", help="create an empty store (idempotent)")
     init.add_argument("directory", help="store directory to create")
+    _add_db_option(init)
 
     push_parser = commands.add_parser(
         "push", help="push an image into a store and print its manifest digest"
     )
     push_parser.add_argument("--store", required=True, help="store directory")
+    _add_db_option(push_parser)
     push_parser.add_argument(
         "--repo", required=True, help="repository key, e.g. docker-local"
     )
@@ -105,11 +107,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="keep the metadata rows in PostgreSQL at this postgresql:// URL "
+        "instead of the store's SQLite file; blobs stay under the store "
+        "directory (the password comes from PGPASSWORD or ~/.pgpass)",
+    )
+
+
+def _check_db_url(url: str) -> str:
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise UsageError(
+            f"--db {url!r} is not a PostgreSQL URL; use "
+            "postgresql://USER@HOST[:PORT]/DATABASE, or leave --db out to "
+            "keep the rows in the store's SQLite file"
+        )
+    return url
+
+
 def run(arguments: argparse.Namespace) -> None:
     if arguments.command == "init":
-        store = EmulatorStore.init(arguments.directory)
+        if arguments.db:
+            from . import postgres
+
+            store = postgres.PostgresStore.init(
+                arguments.directory, _check_db_url(arguments.db)
+            )
+        else:
+            store = EmulatorStore.init(arguments.directory)
         print(store.root)
     elif arguments.command == "push":
+        if arguments.db:
+            from . import postgres
+
+            digest = postgres.push(
+                postgres.PostgresStore(arguments.store, _check_db_url(arguments.db)),
+                arguments.repo,
+                arguments.image,
+                arguments.tag,
+                arguments.source,
+                allow_partial=arguments.allow_partial,
+            )
+            print(digest)
+            return
         store = EmulatorStore(arguments.store)
         digest = push(
             store,
@@ -150,5 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if not type(exc).__module__.startswith("psycopg"):
+            raise
+        print(f"error: PostgreSQL at {arguments.db}: {exc}".rstrip(), file=sys.stderr)
+        print("hint: check the URL, that the server runs, and PGPASSWORD", file=sys.stderr)
         return 1
     return 0

@@ -8,8 +8,6 @@ The library needs only the standard library. Typical use by a scanner::
         run_scanner(built.target)   # "oci-dir:/tmp/ocilayout-.../layout"
 """
 
-from .build import BuildResult, build_layout, temporary_layout
-from .check import CheckReport, check_layout
 from .digest import Digest, parse_digest
 from .errors import (
     AmbiguousError,
@@ -25,6 +23,32 @@ from .errors import (
     UnsupportedManifestError,
     UsageError,
 )
+
+# The builder and the validator load on first use, so that a command such as
+# ``ocilayout --help`` starts without them.
+_LAZY = {
+    "BuildResult": "build",
+    "build_layout": "build",
+    "temporary_layout": "build",
+    "CheckReport": "check",
+    "check_layout": "check",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AmbiguousError",

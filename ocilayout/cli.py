@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -205,7 +207,14 @@ def _platforms(values: list[str] | None, os_version: str | None):
     return [parse_platform(value, os_version) for value in values]
 
 
-def _open_cache(no_cache: bool, cache_dir: Path | None, link: Link):
+NO_CACHE_HELP = "Hash every blob; neither read nor write the verification cache."
+CACHE_DIR_HELP = (
+    "Verification cache directory; default: $XDG_CACHE_HOME/ocilayout or "
+    "~/.cache/ocilayout."
+)
+
+
+def open_cache(no_cache: bool, cache_dir: Path | None, link: Link = Link.auto):
     # Only a hardlink keeps the verified inode, so only it can use the cache.
     if no_cache or link not in (Link.auto, Link.hardlink):
         return None
@@ -234,8 +243,8 @@ def build(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Blobs verified in parallel; default: CPU count."),
     no_sync: bool = typer.Option(False, "--no-sync", help="Skip fsync; for throwaway layouts."),
     verify: Verify = typer.Option(Verify.digest, "--verify", help="digest: check each blob's size and digest; deep: also decompress each layer and check its diff_id."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Hash every blob; neither read nor write the verification cache."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Verification cache directory; default: $XDG_CACHE_HOME/ocilayout or ~/.cache/ocilayout."),
+    no_cache: bool = typer.Option(False, "--no-cache", help=NO_CACHE_HELP),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=CACHE_DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log resolution steps to stderr."),
 ) -> None:
@@ -247,7 +256,7 @@ def build(
     _install_signal_handlers()
     progress = _Progress() if sys.stderr.isatty() and not as_json else None
     try:
-        cache = _open_cache(no_cache, cache_dir, link)
+        cache = open_cache(no_cache, cache_dir, link)
         result = build_layout(
             metadata_source(store, db, registry_root, layout_dir),
             output,
@@ -310,6 +319,43 @@ def check(
     else:
         typer.echo(format_report(report))
     raise typer.Exit(0 if report.ok else EXIT_INVALID_LAYOUT)
+
+
+@app.command()
+def remove(
+    layout: Path = typer.Argument(..., help="OCI image layout directory to delete."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not update the verification cache."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=CACHE_DIR_HELP),
+) -> None:
+    """Delete a layout that build wrote, keeping its blobs' verification cache entries.
+
+    Unlinking a hardlinked blob changes the store file's ctime, which a plain
+    `rm -r` turns into a cache miss on the next build.
+    """
+    from .cache import remove_layout
+
+    try:
+        info = os.lstat(layout)
+        if not stat.S_ISDIR(info.st_mode) or not (layout / "oci-layout").is_file():
+            raise UsageError(
+                f"{layout} is not an OCI image layout directory (no oci-layout "
+                "file); remove only what ocilayout build wrote"
+            )
+        cache = open_cache(no_cache, cache_dir)
+        try:
+            remove_layout(layout, cache)
+        finally:
+            if cache is not None:
+                cache.close()
+    except FileNotFoundError:
+        _fail(UsageError(f"layout {layout} does not exist"), False)
+    except OCILayoutError as error:
+        _fail(error, False)
+    except OSError as exc:
+        _fail(OutputError(f"cannot remove layout {layout}: {exc}"), False)
+    if os.path.lexists(layout):
+        _fail(OutputError(f"could not remove everything under {layout}"), False)
+    typer.echo(f"removed {layout}")
 
 
 @app.command()

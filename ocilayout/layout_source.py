@@ -318,6 +318,10 @@ class OCILayoutMetadata:
         rows = self._derived(digests[0])
         return Tag(image, tag, digests[0], rows.media_type if rows else "")
 
+    def image_names(self, repo: Repository, digest: str) -> list[str]:
+        # Ref names may be bare tags, so a layout does not name its images.
+        return []
+
     def manifest(self, repo: Repository, digest: str) -> StoredManifest | None:
         parsed = as_digest(digest)
         if repo != self.repo or parsed is None or digest not in self._reachable:

@@ -30,7 +30,16 @@ from typing import Any, Self
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 from .errors import IntegrityError, MetadataMissingError, UsageError
-from .store import Blob, BlobRef, Repository, StoredManifest, Subject, Tag, open_blob
+from .store import (
+    Blob,
+    BlobRef,
+    Repository,
+    StoredManifest,
+    Subject,
+    Tag,
+    image_of_artifact_path,
+    open_blob,
+)
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +186,15 @@ class PostgresMetadata:
             )
         return Tag(*rows[0]) if rows else None
 
+    def image_names(self, repo: Repository, digest: str) -> list[str]:
+        rows = self._rows(
+            "SELECT DISTINCT path FROM artifacts WHERE repository_id = %s "
+            "AND storage_key = %s AND NOT is_deleted",
+            repo.id,
+            f"oci-manifests/{digest}",
+        )
+        return sorted({n for (path,) in rows if (n := image_of_artifact_path(path))})
+
     def manifest(self, repo: Repository, digest: str) -> StoredManifest | None:
         rows = self._rows(
             "SELECT size_bytes, checksum_sha256, content_type, storage_key "
@@ -253,7 +271,7 @@ def _import_psycopg() -> Any:
     except ImportError as exc:
         raise UsageError(
             "reading a PostgreSQL database needs psycopg 3: install it with "
-            "pip install 'psycopg[binary]'"
+            "pip install 'ocilayout[postgresql]' or pip install 'psycopg[binary]'"
         ) from exc
     return psycopg
 

@@ -211,6 +211,10 @@ class RegistryTreeMetadata:
 
     # Manifests and blobs
 
+    def image_names(self, repo: Repository, digest: str) -> list[str]:
+        # A registry repository is one image: its name is the image name.
+        return [repo.key] if self.manifest(repo, digest) else []
+
     def manifest(self, repo: Repository, digest: str) -> StoredManifest | None:
         rows = self._stored(repo, digest)
         if rows is None:

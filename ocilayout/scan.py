@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .build import open_store_source, temporary_layout
+from .cache import VerifyCache
 from .digest import parse_digest
 from .errors import MetadataMissingError, OCILayoutError, UsageError
 from .scanners import (
@@ -147,6 +148,7 @@ def scan_image(
     registry: RegistryFallback | None = None,
     allow_empty: bool = False,
     workspace: str | os.PathLike[str] | None = None,
+    cache: VerifyCache | None = None,
 ) -> ScanOutcome:
     """Scan one image of the store, locally when possible, else through ``registry``.
 
@@ -154,7 +156,9 @@ def scan_image(
     ``registry``, a missing-metadata failure is raised as it is. The result
     is trusted only when the scanner exits 0, prints no fatal error and, from
     an image with layers, catalogues at least one package (unless
-    ``allow_empty``). Raises an OCILayoutError subclass; scanner failures are
+    ``allow_empty``). With a verification ``cache``, blobs verified by an
+    earlier build or scan are not hashed again. Raises an OCILayoutError
+    subclass; scanner failures are
     ScanError subclasses (ScannerFailedError, ScannerNotFoundError,
     ScanTimeoutError).
     """
@@ -169,6 +173,7 @@ def scan_image(
         timeout=timeout,
         registry=registry,
         allow_empty=allow_empty,
+        cache=cache,
     )
     return pipeline.run(workspace)
 
@@ -198,6 +203,7 @@ class _Pipeline:
     timeout: float
     registry: RegistryFallback | None
     allow_empty: bool
+    cache: VerifyCache | None = None
     secrets: list[str] = field(default_factory=list)
 
     def run(self, workspace: str | os.PathLike[str] | None) -> ScanOutcome:
@@ -227,6 +233,7 @@ class _Pipeline:
             self.store,
             workspace=folder,
             sync=False,
+            cache=self.cache,
             digest=request.digest,
             image=request.image,
             tag=request.tag,
@@ -297,31 +304,24 @@ class _Pipeline:
         self, missing: MetadataMissingError
     ) -> tuple[str, str, str, bool]:
         """Return (repository key, image, digest, digest names an image manifest)."""
-        if not self.request.image:
-            raise FallbackUnavailableError(
-                f"{missing}; the registry fallback needs the image name, so pass "
-                "--image together with --digest",
-                reason=missing.reason,
-                digest=missing.digest,
-            )
-        repository, top = self._locate_top(missing)
+        repository, image, top = self._locate_top(missing)
         if missing.reason == "blob-row-missing" and missing.manifest:
-            return repository, self.request.image, missing.manifest, True
+            return repository, image, missing.manifest, True
         if missing.reason in _MANIFEST_REASONS and missing.digest:
             # The manifest resolution reached: for an index, the chosen child.
             return (
                 repository,
-                self.request.image,
+                image,
                 missing.digest,
                 missing.reason == "no-blob-rows",
             )
         # NOTE: when the database itself is unavailable the chosen child is
         # unknown, so an index is scanned by its own digest and the scanner
         # picks the platform.
-        return repository, self.request.image, top, False
+        return repository, image, top, False
 
-    def _locate_top(self, missing: MetadataMissingError) -> tuple[str, str]:
-        """Find the repository key and the top-level digest to pin the fallback to."""
+    def _locate_top(self, missing: MetadataMissingError) -> tuple[str, str, str]:
+        """Find the repository key, image name and top-level digest of the fallback."""
         request = self.request
         digest = request.digest
         if digest is None and (request.tag or "").startswith(("sha256:", "sha512:")):
@@ -329,17 +329,19 @@ class _Pipeline:
         try:
             source, owned = open_store_source(self.store)
         except MetadataMissingError:
-            if request.repo and digest:
-                return request.repo, digest
+            if request.repo and digest and request.image:
+                return request.repo, request.image, digest
             raise FallbackUnavailableError(
                 f"{missing}; without the metadata database the registry fallback "
-                "cannot pin the tag to a digest or find the repository, so pass "
-                "--repo and --digest",
+                "cannot pin the tag to a digest, find the repository or name the "
+                "image, so pass --repo, --image and --digest",
                 reason=missing.reason,
                 digest=missing.digest,
             ) from None
         try:
-            return _locate_with(source, request, digest, missing)
+            repository, top = _locate_with(source, request, digest, missing)
+            image = request.image or _image_of(source, repository, top, missing)
+            return repository, image, top
         finally:
             if owned:
                 source.close()
@@ -574,6 +576,24 @@ def _make_workspace(parent: str | os.PathLike[str] | None) -> Path:
             "misread in a source or output option; choose another workspace"
         )
     return folder
+
+
+def _image_of(
+    source: MetadataSource, repository: str, digest: str, missing: MetadataMissingError
+) -> str:
+    """Name the image a digest was pushed under, when the store says exactly one."""
+    repo = source.repository(repository)
+    names = source.image_names(repo, digest) if repo else []
+    if len(names) != 1:
+        found = f"{len(names)} ({', '.join(names)})" if names else "none"
+        raise FallbackUnavailableError(
+            f"{missing}; the registry fallback needs one image name for {digest} "
+            f"in repository {repository} but the store records {found}, so pass "
+            "--image",
+            reason=missing.reason,
+            digest=missing.digest,
+        )
+    return names[0]
 
 
 def _locate_with(

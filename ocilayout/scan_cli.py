@@ -15,20 +15,16 @@ from typing import Optional
 import typer
 
 from .cli import (
+    CACHE_DIR_HELP,
     DB_HELP,
     LAYOUT_HELP,
+    NO_CACHE_HELP,
     REGISTRY_ROOT_HELP,
     STORE_HELP,
+    open_cache,
     metadata_source,
 )
 from .errors import IntegrityError, MetadataMissingError, OCILayoutError
-from .scan import FallbackUnavailableError, RegistryFallback, scan_image
-from .scanners import (
-    ScannerFailedError,
-    ScannerNotFoundError,
-    ScanTimeoutError,
-    binary_variable,
-)
 
 EXIT_INTERRUPTED = 130
 REGISTRY_ENV = "OCILAYOUT_REGISTRY"
@@ -164,6 +160,10 @@ def scan(
         "--workspace",
         help="Folder for the private temporary layout; default: the system temporary folder.",
     ),
+    no_cache: bool = typer.Option(False, "--no-cache", help=NO_CACHE_HELP),
+    cache_dir: Optional[Path] = typer.Option(
+        None, "--cache-dir", help=CACHE_DIR_HELP
+    ),
     as_json: bool = typer.Option(
         False, "--json", help="Print a JSON document on stdout, also on failure."
     ),
@@ -172,6 +172,10 @@ def scan(
     ),
 ) -> None:
     """Scan one image of the store: from a local OCI layout, else through the registry."""
+    # The scan modules load only when this command runs, to keep the other
+    # commands' start-up short.
+    from .scan import RegistryFallback, scan_image
+
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     _install_signal_handlers()
@@ -186,7 +190,9 @@ def scan(
             audience=token_audience,
             token_ttl=token_ttl,
         )
+    cache = None
     try:
+        cache = open_cache(no_cache, cache_dir)
         outcome = scan_image(
             metadata_source(store, db, registry_root, layout_dir),
             digest=digest,
@@ -200,12 +206,16 @@ def scan(
             registry=fallback,
             allow_empty=allow_empty,
             workspace=workspace,
+            cache=cache,
         )
     except OCILayoutError as error:
         _fail(error, as_json)
     except KeyboardInterrupt:
         typer.echo("interrupted; the scan workspace was removed", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
+    finally:
+        if cache is not None:
+            cache.close()
     if as_json:
         typer.echo(json.dumps({"ok": True, **outcome.to_json()}, indent=2))
         return
@@ -236,6 +246,14 @@ def _print_outcome(outcome) -> None:
 
 
 def _hint_for(error: OCILayoutError) -> str | None:
+    from .scan import FallbackUnavailableError
+    from .scanners import (
+        ScannerFailedError,
+        ScannerNotFoundError,
+        ScanTimeoutError,
+        binary_variable,
+    )
+
     if isinstance(error, ScannerNotFoundError):
         variable = binary_variable(error.scanner)
         return f"install {error.scanner}, or point --scanner-path or {variable} at it"

@@ -83,6 +83,16 @@ class Subject:
     annotations: str | None
 
 
+def image_of_artifact_path(path: str) -> str | None:
+    """Return ``<image>`` of an artifact path ``v2/<image>/manifests/<ref>``."""
+    if not path.startswith("v2/"):
+        return None
+    image, separator, reference = path[3:].rpartition("/manifests/")
+    if not separator or not image or not reference or "/" in reference:
+        return None
+    return image
+
+
 class MetadataSource(Protocol):
     """Read-only queries over the store's tables.
 
@@ -98,6 +108,10 @@ class MetadataSource(Protocol):
     def repositories_with_tag(self, image: str, tag: str) -> list[Repository]: ...
 
     def tag(self, repo: Repository, image: str, tag: str) -> Tag | None: ...
+
+    def image_names(self, repo: Repository, digest: str) -> list[str]:
+        """Return, sorted, the image names a manifest was pushed under."""
+        ...
 
     def manifest(self, repo: Repository, digest: str) -> StoredManifest | None: ...
 
@@ -196,6 +210,15 @@ class SQLiteMetadata:
                 f"{repo.key} ({digests}); (repository_id, name, tag) must be unique"
             )
         return Tag(*rows[0]) if rows else None
+
+    def image_names(self, repo: Repository, digest: str) -> list[str]:
+        rows = self._rows(
+            "SELECT DISTINCT path FROM artifacts WHERE repository_id = ? "
+            "AND storage_key = ? AND is_deleted = 0",
+            repo.id,
+            f"oci-manifests/{digest}",
+        )
+        return sorted({n for (path,) in rows if (n := image_of_artifact_path(path))})
 
     def manifest(self, repo: Repository, digest: str) -> StoredManifest | None:
         rows = self._rows(

@@ -23,7 +23,7 @@ from ocilayout.cache import DATABASE_NAME, VerifyCache, default_cache_dir, remov
 from ocilayout.digest import Digest
 from ocilayout.place import FileIdentity, place_blob
 
-from .helpers import ROOT, run_json
+from .helpers import ROOT, run_cli, run_json
 
 OTHER_DIGEST = "sha256:" + "ab" * 32
 
@@ -318,6 +318,46 @@ def test_cli_cache_dir_and_no_cache(pushed_single, tmp_path):
     assert all(runs["cold"])
     assert not any(runs["warm"])
     assert all(runs["off"])
+
+
+def test_cli_remove_keeps_entries(pushed_single, tmp_path):
+    """`ocilayout remove` then build: nothing is hashed; after `rm -r`, all is."""
+    select = ["--store", pushed_single.store.root, "--digest", pushed_single.digest]
+    cache = ["--cache-dir", tmp_path / "cli-cache"]
+
+    code, first = run_json("build", *select, "-o", tmp_path / "a", *cache)
+    assert code == 0, first
+    removed = run_cli("remove", tmp_path / "a", *cache)
+    assert removed.returncode == 0, removed.stderr
+    code, second = run_json("build", *select, "-o", tmp_path / "b", *cache)
+    assert code == 0, second
+    shutil.rmtree(tmp_path / "b")
+    code, third = run_json("build", *select, "-o", tmp_path / "c", *cache)
+    assert code == 0, third
+
+    assert not (tmp_path / "a").exists()
+    assert all(blob["hashed"] for blob in first["blobs"])
+    assert not any(blob["hashed"] for blob in second["blobs"])
+    assert all(blob["hashed"] for blob in third["blobs"])
+
+
+@pytest.mark.parametrize("kind", ["plain folder", "file", "missing"])
+def test_cli_remove_refuses_what_is_not_a_layout(tmp_path, kind):
+    target = tmp_path / "target"
+    if kind == "plain folder":
+        target.mkdir()
+        (target / "keep.txt").write_text("not a layout")
+    elif kind == "file":
+        target.write_text("not a layout")
+
+    result = run_cli("remove", target, "--no-cache")
+
+    assert result.returncode == 2
+    assert str(target) in result.stderr
+    if kind == "plain folder":
+        assert (target / "keep.txt").read_text() == "not a layout"
+    elif kind == "file":
+        assert target.read_text() == "not a layout"
 
 
 # Location and permissions

@@ -306,6 +306,22 @@ def test_tag_names_pushed_digest(backend, corpus, ref):
     assert [r.key for r in holders] == [backend.repo_key]
 
 
+@pytest.mark.parametrize("ref", ("single", "multi"))
+def test_image_names_of_pushed_digest(backend, corpus, ref):
+    child = corpus.multi.manifests["linux/arm64/v8"]
+    with opened(backend) as source:
+        repo = source.repository(backend.repo_key)
+        names = source.image_names(repo, corpus.digests[ref])
+        child_names = source.image_names(repo, child)
+        unknown = source.image_names(repo, "sha256:" + "0" * 64)
+
+    # A layout's ref names do not say which image they belong to.
+    expected = [] if backend.name == "oci-layout" else [IMAGE]
+    assert names == expected
+    assert child_names == expected
+    assert unknown == []
+
+
 def test_unknown_tag_absent(backend):
     with opened(backend) as source:
         repo = source.repository(backend.repo_key)

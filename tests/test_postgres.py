@@ -26,7 +26,7 @@ from ocilayout.platforms import matches, parse_platform
 from ocilayout.postgres import PostgresMetadata
 
 from .conftest import IMAGE_NAME, REPOSITORY_KEY
-from .helpers import snapshot_tree, syft_packages, tool
+from .helpers import run_json, snapshot_tree, syft_packages, tool
 
 # The PostgreSQL server fixtures, registered once for the whole session.
 pytest_plugins = ("tests.pg_server",)
@@ -123,6 +123,50 @@ def test_single_round_trip(pg_store, pg_url, real_image_single, tmp_path):
     assert len(packages) == real_image_single.package_count
     found = {package["name"] for package in packages}
     assert found == {package.name for package in real_image_single.packages}
+
+
+def run_emulator(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "emulator", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_command_line_round_trip(pg_url, real_image_multi, tmp_path):
+    """Both command lines, as a user runs them: emulator init and push with
+    --db, then ocilayout build --db, then syft on the layout."""
+    store = tmp_path / "store"
+    created = run_emulator("init", store, "--db", pg_url)
+    assert created.returncode == 0, created.stderr
+    pushed = run_emulator(
+        "push", "--store", store, "--db", pg_url, "--repo", REPOSITORY_KEY,
+        "--image", IMAGE_NAME, "--tag", "multi", real_image_multi.spec,
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    digest = pushed.stdout.strip()
+    assert digest == real_image_multi.digest
+    assert not (store / "metadata.sqlite3").exists()
+
+    output = tmp_path / "layout"
+    code, summary = run_json(
+        "build", "--db", pg_url, "--image", IMAGE_NAME, "--tag", "multi",
+        "--output", output,
+    )
+    assert code == 0, summary
+    assert summary["requested_digest"] == digest
+    assert summary["manifest_digest"] == real_image_multi.manifests[host_platform()]
+    assert_valid_layout(output)
+    packages = syft_packages(summary["target"])
+    assert len(packages) == real_image_multi.package_count
+
+
+def test_emulator_rejects_non_postgres_url(tmp_path):
+    result = run_emulator("init", tmp_path / "store", "--db", "mysql://x@y/z")
+    assert result.returncode == 2
+    assert "mysql://x@y/z" in result.stderr and "postgresql://" in result.stderr
+    assert not (tmp_path / "store").exists()
 
 
 def test_multi_default_is_host(pg_store, pg_url, real_image_multi, tmp_path):

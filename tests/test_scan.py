@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from emulator.imagegen import host_platform
+from emulator.push import push
 from emulator.serve import RegistryServer
 from ocilayout.scanners import PROFILES, classify_line
 from ocilayout.token import (
@@ -280,6 +281,48 @@ def test_fallback_index_names_child_digest(pushed_multi, keys):
     assert document["fallback"]["target_digest"] == child
     assert document["fallback"]["names_image_manifest"] is True
     assert document["package_count"] == pushed_multi.source.package_count
+
+
+def test_fallback_by_digest_finds_image_name(pushed_multi, keys):
+    """Given only --digest, the fallback takes the image name from the store."""
+    child = pushed_multi.source.manifests[host_platform()]
+    delete_blob_refs(pushed_multi.store, child)
+    by_digest = ["--store", pushed_multi.store.root, "--digest", pushed_multi.digest]
+
+    with serving(pushed_multi.store.root, keys) as server:
+        code, document, _ = scan_json(*by_digest, *registry_args(server, keys))
+
+    assert code == 0, document
+    assert document["image"] == pushed_multi.image
+    assert document["target"] == f"registry:{server.authority}/{REPOSITORY}@{child}"
+    assert document["package_count"] == pushed_multi.source.package_count
+
+
+def test_fallback_by_digest_with_two_image_names(pushed_single, keys):
+    """A digest pushed under two image names cannot pick one: it asks for --image."""
+    push(
+        pushed_single.store,
+        "docker-local",
+        "other/name",
+        "copy",
+        pushed_single.source.spec,
+    )
+    delete_blob_refs(pushed_single.store, pushed_single.digest)
+
+    with serving(pushed_single.store.root, keys) as server:
+        code, document, _ = scan_json(
+            "--store",
+            pushed_single.store.root,
+            "--digest",
+            pushed_single.digest,
+            *registry_args(server, keys),
+        )
+
+    assert code == 4
+    message = document["error"]["message"]
+    assert document["error"]["type"] == "FallbackUnavailableError"
+    assert pushed_single.image in message and "other/name" in message
+    assert "--image" in message
 
 
 def test_fallback_child_body_missing_names_child(pushed_multi, keys, tmp_path):
@@ -585,6 +628,9 @@ def test_workspace_removed_on_interrupt(pushed_single, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A suite started as a background job ignores SIGINT, and so would
+        # the child; a terminal's Ctrl-C reaches a process with the default.
+        preexec_fn=_default_sigint,
     )
     try:
         _wait_for(pidfile)
@@ -600,6 +646,10 @@ def test_workspace_removed_on_interrupt(pushed_single, tmp_path):
     assert "interrupted" in stderr
     assert list(workspace.iterdir()) == []
     assert not _alive(int(pidfile.read_text()))
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for(path: Path) -> None:
