@@ -418,7 +418,8 @@ def _place_all(
         progress("total-blobs", len(jobs))
 
     cancel = threading.Event()
-    slots = _Slots(max(1, workers or os.cpu_count() or 1), cancel)
+    slot_count = max(1, workers or os.cpu_count() or 1)
+    slots = _Slots(slot_count, cancel)
 
     def run(blob: PlannedBlob) -> Placement:
         remaining = blob.descriptor.size
@@ -451,7 +452,11 @@ def _place_all(
             progress("blob", 1)
         return placement
 
-    threads = max(1, min(len(jobs), MAX_THREADS))
+    # Only blobs larger than a slice ever yield a slot, so only they need a
+    # thread beyond the slots; more threads would make every small blob wait
+    # for a handover.
+    large = sum(1 for blob in jobs if blob.descriptor.size > SLICE_BYTES)
+    threads = max(1, min(len(jobs), slot_count + large, MAX_THREADS))
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ocilayout")
     try:
         futures = [pool.submit(run, blob) for blob in jobs]

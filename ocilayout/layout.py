@@ -45,6 +45,8 @@ class LayoutWriter:
         self.temp: Path | None = None
         self._lock_fd = -1
         self._committed = False
+        # blobs/<algorithm> folders already created, by algorithm.
+        self._blob_folders: dict[str, str] = {}
 
     def __enter__(self) -> "LayoutWriter":
         check_output_path(self.output)
@@ -81,9 +83,13 @@ class LayoutWriter:
             self._discard()
 
     def blob_path(self, digest: Digest) -> str:
-        folder = self.temp / "blobs" / digest.algorithm
-        folder.mkdir(parents=True, exist_ok=True)
-        return str(folder / digest.hex)
+        """Return the path for ``digest`` in the layout, creating its folder once."""
+        folder = self._blob_folders.get(digest.algorithm)
+        if folder is None:
+            folder = os.path.join(self.temp, "blobs", digest.algorithm)
+            os.makedirs(folder, exist_ok=True)
+            self._blob_folders[digest.algorithm] = folder
+        return os.path.join(folder, digest.hex)
 
     def commit(self, index: dict, before_rename=None) -> None:
         """Write ``oci-layout`` and ``index.json`` and move the layout into place.

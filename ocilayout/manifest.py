@@ -8,6 +8,7 @@ checks every field ocilayout relies on before anything else reads it.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 from . import mediatypes as mt
@@ -126,28 +127,28 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON value")
 
 
+# A complete JSON string, escapes included; possessive, so it never backtracks.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
 def _check_depth(data: bytes, where: str) -> None:
     # Counting brackets outside strings bounds nesting before json.loads
-    # recurses, so a hostile body cannot exhaust the interpreter stack.
+    # recurses, so a hostile body cannot exhaust the interpreter stack. The
+    # strings are removed and the other bytes deleted in C, which leaves only
+    # the brackets for the Python loop. A quote left after the removal opens
+    # a string that never ends, and brackets after it are inside that string.
+    outside = _JSON_STRING.sub(b"", data)
+    outside = outside.split(b'"', 1)[0]
     depth = 0
-    in_string = escaped = False
-    for byte in data:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
+    for byte in outside.translate(None, _NOT_BRACKETS):
+        if byte in (0x5B, 0x7B):
             depth += 1
             if depth > MAX_JSON_DEPTH:
                 raise InvalidContentError(
                     f"{where} nests JSON deeper than {MAX_JSON_DEPTH} levels"
                 )
-        elif byte in (0x5D, 0x7D):
+        else:
             depth -= 1
 
 
