@@ -344,7 +344,7 @@ class _Cancelled(Exception):
 # Hashing yields its CPU slot after this many bytes, so that the slot goes to
 # the blob with the most bytes left and all slots finish close together.
 SLICE_BYTES = 64 * 1024 * 1024
-# Placement threads; at most ``workers`` of them hash at any moment.
+# Maximum placement threads. At most ``workers`` of them hash at any moment.
 MAX_THREADS = 64
 
 
@@ -453,7 +453,7 @@ def _place_all(
         return placement
 
     # Only blobs larger than a slice ever yield a slot, so only they need a
-    # thread beyond the slots; more threads would make every small blob wait
+    # thread beyond the slots. More threads would make every small blob wait
     # for a handover.
     large = sum(1 for blob in jobs if blob.descriptor.size > SLICE_BYTES)
     threads = max(1, min(len(jobs), slot_count + large, MAX_THREADS))

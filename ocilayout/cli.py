@@ -324,7 +324,7 @@ def check(
 @app.command()
 def remove(
     layout: Path = typer.Argument(..., help="OCI image layout directory to delete."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not update the verification cache."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Leave the verification cache unchanged."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=CACHE_DIR_HELP),
 ) -> None:
     """Delete a layout that build wrote, keeping its blobs' verification cache entries.

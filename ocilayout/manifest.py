@@ -127,7 +127,8 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON value")
 
 
-# A complete JSON string, escapes included; possessive, so it never backtracks.
+# A complete JSON string with its escapes. The quantifiers are possessive, so
+# matching never backtracks.
 _JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 

@@ -1,9 +1,10 @@
-"""Verified placement of blobs: hash, then hardlink, reflink or copy.
+"""Verified placement of blobs by hardlink, reflink or copy.
 
 This module is the only place that hashes blob content. Every strategy
-verifies size and digest before the blob gets its final name in the layout:
-a hardlink is made after the store's file hashed correctly and is checked to
-be the same inode that was hashed; a reflink or copy is hashed from the
+verifies size and digest before the layout is published. A hardlink is made
+inside the unpublished temporary layout first, checked to be the inode that
+was opened, and then hashed through the open file, so a link that the
+filesystem rejects costs no hashing. A reflink or copy is hashed from the
 layout's own private copy, so a later change to the store cannot alter it.
 """
 
@@ -171,12 +172,28 @@ def _hardlink(
     progress: ProgressFn | None,
     verified: Callable[[FileIdentity], bool] | None,
 ) -> tuple[bool, FileIdentity]:
+    # The link comes first, so that a store on another filesystem (EXDEV) or
+    # one that forbids links fails before any byte is hashed. The target sits
+    # in the unpublished temporary layout, and it is removed on any failure.
     before = os.fstat(fd)
-    identity = FileIdentity.of(before)
-    hashed = not (verified is not None and verified(identity))
-    if hashed:
+    hashed = not (verified is not None and verified(FileIdentity.of(before)))
+    os.link(path, target, follow_symlinks=False)
+    try:
+        linked = os.stat(target, follow_symlinks=False)
+        if not _unchanged(before, linked):
+            raise IntegrityError(
+                f"blob file {path} was replaced or changed between opening and "
+                "linking"
+            )
+        if not hashed:
+            if progress is not None:
+                progress(before.st_size)
+            return False, FileIdentity.of(linked)
+
+        # The open file is the linked inode, so its bytes are the layout's.
         actual, _ = hash_fd(fd, expected, progress)
-        if not _unchanged(before, os.fstat(fd)):
+        after = os.fstat(fd)
+        if not _unchanged(linked, after):
             raise IntegrityError(
                 f"blob file {path} changed while it was being verified"
             )
@@ -184,17 +201,10 @@ def _hardlink(
             raise DigestMismatchError(
                 str(expected), f"{expected.algorithm}:{actual}", path
             )
-    elif progress is not None:
-        progress(before.st_size)
-    os.link(path, target, follow_symlinks=False)
-    linked = os.stat(target, follow_symlinks=False)
-    if not _unchanged(before, linked):
-        os.unlink(target)
-        raise IntegrityError(
-            f"blob file {path} was replaced or changed between verification "
-            "and linking"
-        )
-    return hashed, FileIdentity.of(linked)
+    except BaseException:
+        _unlink_quietly(target)
+        raise
+    return True, FileIdentity.of(after)
 
 
 def _unchanged(before: os.stat_result, after: os.stat_result) -> bool:

@@ -581,7 +581,7 @@ def _make_workspace(parent: str | os.PathLike[str] | None) -> Path:
 def _image_of(
     source: MetadataSource, repository: str, digest: str, missing: MetadataMissingError
 ) -> str:
-    """Name the image a digest was pushed under, when the store says exactly one."""
+    """Return the image name a digest was pushed under, if the store records one."""
     repo = source.repository(repository)
     names = source.image_names(repo, digest) if repo else []
     if len(names) != 1:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -72,6 +74,14 @@ def big_image(store):
     store.ensure_repository(REPO)
     digest = add_image(store.root, [6 * MIB, 4096, 100], tag="big")
     return store.root, digest
+
+
+def sha256_file(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def capture(store_root, output, tmp_path) -> Invariants:
@@ -219,10 +229,17 @@ def test_refused_hardlink_falls_back(big_image, output, tmp_path, monkeypatch, c
     root, digest = big_image
     tried = fail_links(monkeypatch, code)
     inv = capture(root, output, tmp_path)
+    counted = {"bytes": 0, "total-bytes": 0}
 
-    result = build_layout(root, output, digest=digest)
+    def progress(event: str, value: int) -> None:
+        if event in counted:
+            counted[event] += value
+
+    result = build_layout(root, output, digest=digest, progress=progress)
 
     assert len(tried) == 4
+    # A refused link costs no hashing: every byte is read once, by the copy.
+    assert counted["bytes"] == counted["total-bytes"]
     assert {p.method for p in result.placements} <= {"copy", "reflink"}
     assert not any("writable" in warning for warning in result.warnings)
     inv.assert_built(result.warnings)
@@ -376,25 +393,56 @@ def test_blob_rewritten_in_place_during_copy(
 
 
 def test_blob_replaced_during_hardlink_verification(big_image, output, tmp_path):
-    """The file is renamed over while hashed: the link would reach new content."""
+    """The file is renamed over while hashed: the layout keeps the hashed inode."""
+    root, digest = big_image
+    victim = largest_layer(root, digest)
+    path = blob_path(root, victim)
+    original = path.stat().st_ino
+    inv = capture(root, output, tmp_path)
+    inv.changed(path)
+
+    result = build_layout(
+        root,
+        output,
+        digest=digest,
+        link="hardlink",
+        workers=1,
+        progress=rewrite_on_first_chunk(path, "replaced"),
+    )
+
+    placed = output / "blobs" / "sha256" / victim.split(":")[1]
+    assert result.manifest_digest == digest
+    assert placed.stat().st_ino == original
+    assert path.stat().st_ino != original
+    assert sha256_file(placed) == victim
+    inv.check_store()
+    inv.check_nothing_else()
+
+
+def test_blob_replaced_before_hardlink(big_image, output, tmp_path, monkeypatch):
+    """The file is renamed over between opening and linking: the build fails."""
     root, digest = big_image
     victim = largest_layer(root, digest)
     path = blob_path(root, victim)
     inv = capture(root, output, tmp_path)
     inv.changed(path)
+    real_link = os.link
 
+    def replace_then_link(source, target, **options):
+        if Path(source) == path:
+            replacement = path.with_name(path.name + ".new")
+            replacement.write_bytes(os.urandom(path.stat().st_size))
+            os.replace(replacement, path)
+        return real_link(source, target, **options)
+
+    monkeypatch.setattr(os, "link", replace_then_link)
     with pytest.raises(IntegrityError) as caught:
-        build_layout(
-            root,
-            output,
-            digest=digest,
-            link="hardlink",
-            workers=1,
-            progress=rewrite_on_first_chunk(path, "replaced"),
-        )
+        build_layout(root, output, digest=digest, link="hardlink", workers=1)
 
     assert "replaced or changed" in str(caught.value)
+    assert str(path) in str(caught.value)
     assert not os.path.lexists(output)
+    assert leftovers(output) == []
     inv.check_store()
     inv.check_nothing_else()
 
