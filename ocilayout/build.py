@@ -37,6 +37,9 @@ _REF_NAME = re.compile(rf"^{_REF_COMPONENT}(?:/{_REF_COMPONENT})*$")
 
 ProgressFn = Callable[[str, int], None]
 
+# Start of the warning that hardlinked blobs share writable store files.
+WRITABLE_LINKS_WARNING = "hardlinked blob(s) are writable in the store"
+
 
 @dataclass
 class BuildResult:
@@ -181,8 +184,8 @@ def build_layout(
     writable = [p.digest for p in placements if p.store_writable]
     if writable:
         warnings.append(
-            f"{len(writable)} hardlinked blob(s) are writable in the store, so a "
-            "consumer could change the store's copy; use --link copy to isolate"
+            f"{len(writable)} {WRITABLE_LINKS_WARNING}, so a consumer could "
+            "change the store's copy; use --link copy to isolate"
         )
     for digest_text in skipped:
         warnings.append(

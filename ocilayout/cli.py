@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import stat
 import sys
@@ -24,6 +25,7 @@ from .errors import (
     NotFoundError,
     OCILayoutError,
     OutputError,
+    PlatformNotFoundError,
     UsageError,
 )
 
@@ -38,7 +40,8 @@ app = typer.Typer(
 # One hint per error class, shown under the message on a terminal and in JSON.
 _HINTS: list[tuple[type, str]] = [
     (AmbiguousError, "pass --repo KEY to pick one repository"),
-    (NotFoundError, "check the digest or tag; `--json` output lists what was looked up"),
+    (PlatformNotFoundError, "choose one of the offered platforms with --platform"),
+    (NotFoundError, "check the digest, image, tag and --repo values"),
     (
         MetadataMissingError,
         "no local layout is possible; scan the image through its registry instead",
@@ -111,6 +114,12 @@ class Link(str, Enum):
 
 
 def _hint_for(error: OCILayoutError) -> str | None:
+    if getattr(error, "reason", None) == "database-unavailable":
+        return (
+            "check the database URL or path and that the server runs; if the "
+            "metadata is really gone, `ocilayout scan --registry HOST` scans "
+            "through the registry"
+        )
     for kind, hint in _HINTS:
         if isinstance(error, kind):
             return hint
@@ -223,7 +232,18 @@ def open_cache(no_cache: bool, cache_dir: Path | None, link: Link = Link.auto):
     return VerifyCache(cache_dir or default_cache_dir())
 
 
-@app.command()
+BUILD_EXIT_CODES = """\
+0    the layout was built and verified
+1    other error: output exists or is not writable, not a container image
+2    invalid usage or a malformed value
+3    manifest, tag, repository or platform not found, or several repositories match
+4    the store lacks metadata a local layout needs (a caller may use the registry)
+5    stored content is wrong: digest or size mismatch, unsafe path
+130  interrupted (Ctrl-C or SIGTERM); nothing was written"""
+
+
+# "\b" keeps click from rewrapping the table.
+@app.command(epilog=f"\b\nExit codes:\n{BUILD_EXIT_CODES}")
 def build(
     output: Path = typer.Option(..., "--output", "-o", help="Layout directory to create; it must not exist."),
     store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
@@ -248,7 +268,11 @@ def build(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log resolution steps to stderr."),
 ) -> None:
-    """Build a verified OCI image layout for one image of the store."""
+    """Build a verified OCI image layout for one image of the store.
+
+    Give exactly one of --store, --db, --registry-root or --layout, and name
+    the image with --digest or with --image and --tag.
+    """
     from .build import build_layout
 
     if verbose:
@@ -303,11 +327,13 @@ def build(
 
 @app.command()
 def check(
-    layout: Path = typer.Argument(..., help="OCI image layout directory to validate."),
+    layout: Path = typer.Argument(
+        ..., metavar="LAYOUT", help="OCI image layout directory to validate."
+    ),
     deep: bool = typer.Option(False, "--deep", help="Also decompress each layer and check its diff_id."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
-    """Validate an OCI image layout and report every problem and which consumers can read it.
+    """Validate a layout and list the consumers that can read it.
 
     Exits 0 when the layout has no errors (warnings allowed) and 5 when it has errors.
     """
@@ -323,14 +349,18 @@ def check(
 
 @app.command()
 def remove(
-    layout: Path = typer.Argument(..., help="OCI image layout directory to delete."),
+    layout: Path = typer.Argument(
+        ..., metavar="LAYOUT", help="OCI image layout directory to delete."
+    ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Leave the verification cache unchanged."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=CACHE_DIR_HELP),
 ) -> None:
-    """Delete a layout that build wrote, keeping its blobs' verification cache entries.
+    """Delete a layout, keeping its verification cache entries.
 
     Unlinking a hardlinked blob changes the store file's ctime, which a plain
-    `rm -r` turns into a cache miss on the next build.
+    `rm -r` turns into a cache miss on the next build. The directory must hold
+    only what build writes (oci-layout, index.json, blobs/<algorithm>/<hex>);
+    anything else makes remove exit 2 without deleting.
     """
     from .cache import remove_layout
 
@@ -340,6 +370,14 @@ def remove(
             raise UsageError(
                 f"{layout} is not an OCI image layout directory (no oci-layout "
                 "file); remove only what ocilayout build wrote"
+            )
+        extra = _foreign_entries(layout)
+        if extra:
+            shown = ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else "")
+            raise UsageError(
+                f"{layout} holds entries that ocilayout build does not write "
+                f"({shown}); nothing was removed, so delete it by hand if you "
+                "mean to"
             )
         cache = open_cache(no_cache, cache_dir)
         try:
@@ -358,10 +396,32 @@ def remove(
     typer.echo(f"removed {layout}")
 
 
-@app.command()
-def version() -> None:
-    """Print the ocilayout version."""
-    typer.echo(__version__)
+_BLOB_NAME = re.compile(r"[a-f0-9]{32,128}")
+
+
+def _foreign_entries(layout: Path) -> list[str]:
+    """List what a layout holds beyond oci-layout, index.json and blob files."""
+    extra = []
+    for entry in os.scandir(layout):
+        if entry.name in ("oci-layout", "index.json") and entry.is_file(
+            follow_symlinks=False
+        ):
+            continue
+        if entry.name != "blobs" or not entry.is_dir(follow_symlinks=False):
+            extra.append(entry.name)
+            continue
+        for folder in os.scandir(entry.path):
+            name = f"blobs/{folder.name}"
+            if not folder.is_dir(follow_symlinks=False):
+                extra.append(name)
+                continue
+            for blob in os.scandir(folder.path):
+                if not (
+                    _BLOB_NAME.fullmatch(blob.name)
+                    and blob.is_file(follow_symlinks=False)
+                ):
+                    extra.append(f"{name}/{blob.name}")
+    return sorted(extra)
 
 
 def _register_commands() -> None:
@@ -373,12 +433,62 @@ def _register_commands() -> None:
 _register_commands()
 
 
+@app.command()
+def version() -> None:
+    """Print the ocilayout version."""
+    typer.echo(__version__)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: bool = typer.Option(
+        False,
+        "--version",
+        is_eager=True,
+        callback=_print_version,
+        help="Print the version and exit.",
+    ),
+) -> None:
+    """Build verified OCI image layouts from an artifact manager's store."""
+
+
+def _is_usage_error(error: Exception) -> bool:
+    # typer raises the UsageError of the click it uses, which may be its own
+    # copy, so the class is recognised by name rather than imported.
+    return any(kind.__name__ == "UsageError" for kind in type(error).__mro__) and (
+        hasattr(error, "format_message")
+    )
+
+
 def main() -> None:
+    if "--json" not in sys.argv[1:]:
+        try:
+            app()
+        except OCILayoutError as error:  # raised outside a command's own handler
+            typer.echo(f"error: {error}", err=True)
+            sys.exit(error.exit_code)
+        return
+
+    # With --json, a malformed command line is reported as a JSON document
+    # too, so a caller that parses stdout never sees click's plain text.
     try:
-        app()
-    except OCILayoutError as error:  # raised outside a command's own handler
-        typer.echo(f"error: {error}", err=True)
-        sys.exit(error.exit_code)
+        code = app(standalone_mode=False)
+    except OCILayoutError as error:
+        _fail(error, as_json=True)
+    except Exception as error:
+        if not _is_usage_error(error):
+            raise
+        failure = UsageError(error.format_message())
+        hint = "run the command with --help to see its options"
+        typer.echo(json.dumps(error_document(failure, hint), indent=2))
+        sys.exit(failure.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
     OCILayoutError (exit 1)
     ├── UsageError, ValueError (exit 2): a malformed value supplied by the caller
     ├── NotFoundError, LookupError (exit 3): no such manifest, tag or repository
+    │   ├── AmbiguousError: several repositories match; ``candidates``
+    │   └── PlatformNotFoundError: no index child for the platform; ``candidates``
     ├── MetadataMissingError (exit 4): the store lacks what a local layout needs,
     │   so a caller may fall back to the registry
     ├── IntegrityError (exit 5): stored content is present but wrong or unsafe
@@ -40,6 +42,15 @@ class NotFoundError(OCILayoutError, LookupError):
 
 class AmbiguousError(NotFoundError):
     """A lookup matched several candidates and the caller must pick one."""
+
+    def __init__(self, message: str, candidates: list[str]):
+        super().__init__(message)
+        self.candidates = candidates
+
+
+class PlatformNotFoundError(NotFoundError):
+    """An index has no child for the requested platform; ``candidates`` lists
+    the platforms it offers."""
 
     def __init__(self, message: str, candidates: list[str]):
         super().__init__(message)

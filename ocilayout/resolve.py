@@ -23,6 +23,7 @@ from .errors import (
     MetadataMissingError,
     NotAnImageError,
     NotFoundError,
+    PlatformNotFoundError,
     SizeMismatchError,
     UnsupportedManifestError,
     UsageError,
@@ -209,9 +210,11 @@ class _Resolver:
                 f"index {index_body.digest} has no runnable child: every child "
                 "is an attestation or an artifact"
             )
-        raise NotFoundError(
+        offers = list(dict.fromkeys(offered))
+        raise PlatformNotFoundError(
             f"index {index_body.digest} has no child for platform {wanted}; "
-            f"it offers: {', '.join(dict.fromkeys(offered))}"
+            f"it offers: {', '.join(offers)}",
+            candidates=offers,
         )
 
     def _search(
@@ -310,10 +313,11 @@ class _Resolver:
             elif accept(child.platform):
                 kept.append(child)
         if not kept:
-            raise NotFoundError(
+            offers = describe_platforms(list(index.manifests))
+            raise PlatformNotFoundError(
                 f"index {top.digest} has no child for "
-                f"{', '.join(map(str, platforms))}; it offers: "
-                + ", ".join(describe_platforms(list(index.manifests)))
+                f"{', '.join(map(str, platforms))}; it offers: " + ", ".join(offers),
+                candidates=list(offers),
             )
         kept_digests = {str(child.digest) for child in kept}
         for child in index.manifests:
@@ -467,6 +471,13 @@ class _Resolver:
                 "container image (it is an artifact such as a Helm chart, "
                 "signature or SBOM)"
             )
+        if require_image and _is_attestation_manifest(manifest):
+            types = sorted({layer.media_type for layer in manifest.layers})
+            raise NotAnImageError(
+                f"{where} has only {', '.join(types)} layers: it is an "
+                "attestation or other artifact, not a container image; build "
+                "the image it describes instead"
+            )
         return manifest
 
     def image_blobs(self, digest: Digest, manifest: Manifest) -> list[PlannedBlob]:
@@ -563,6 +574,22 @@ def _check_diff_ids(config: dict, manifest: Manifest, digest: Digest) -> None:
         )
 
 
+def _is_attestation_manifest(manifest: Manifest) -> bool:
+    """Tell whether an image manifest carries statements, not a filesystem.
+
+    Buildx attestations use an image config but in-toto JSON layers, so no
+    scanner finds a filesystem in them.
+    """
+    if manifest.artifact_type and "in-toto" in manifest.artifact_type:
+        return True
+    return bool(manifest.layers) and all(
+        "in-toto" in layer.media_type
+        or layer.media_type.endswith("+json")
+        or layer.media_type == "application/json"
+        for layer in manifest.layers
+    )
+
+
 def _index_rows(rows: list, where: str) -> dict[tuple[str, str], object]:
     """Key blob reference rows by (kind, digest), rejecting malformed or duplicate rows."""
     by_key: dict[tuple[str, str], object] = {}
@@ -600,7 +627,9 @@ def _locate(
     if request.repo is not None:
         repo = source.repository(request.repo)
         if repo is None:
-            raise NotFoundError(f"repository {request.repo!r} not found in the store")
+            raise NotFoundError(
+                f"repository {request.repo!r} not found in the store; check --repo"
+            )
         candidates = [repo]
     elif request.digest is not None:
         candidates = source.repositories_with_manifest(str(request.digest))
@@ -610,7 +639,14 @@ def _locate(
             parse_digest(request.tag, "tag")
             candidates = source.repositories_with_manifest(request.tag)
     if not candidates:
-        raise NotFoundError(f"manifest {request.describe()} not found in the store")
+        if request.digest is not None:
+            raise NotFoundError(
+                f"manifest {request.digest} not found in any repository of the store"
+            )
+        raise NotFoundError(
+            f"tag {request.image}:{request.tag} not found in any repository of "
+            "the store"
+        )
     if len(candidates) > 1:
         keys = [c.key for c in candidates]
         raise AmbiguousError(
@@ -620,8 +656,30 @@ def _locate(
         )
     repo = candidates[0]
     if request.digest is not None:
+        _check_names_digest(source, repo, request)
         return repo, request.digest, request.image, request.tag
     return (repo, *_lookup_tag(source, repo, request.image, request.tag))
+
+
+def _check_names_digest(source: MetadataSource, repo: Repository, request: Request) -> None:
+    """Reject an --image or --tag given with --digest that the store contradicts."""
+    digest = str(request.digest)
+    if request.image and request.tag:
+        found, _, _ = _lookup_tag(source, repo, request.image, request.tag)
+        if str(found) != digest:
+            raise NotFoundError(
+                f"tag {request.image}:{request.tag} in repository {repo.key} "
+                f"points to {found}, not to --digest {digest}; drop --tag to "
+                "build the digest, or --digest to build the tag"
+            )
+    elif request.image:
+        # A source that records no image names (an OCI layout) cannot check.
+        names = source.image_names(repo, digest)
+        if names and request.image not in names:
+            raise NotFoundError(
+                f"manifest {digest} in repository {repo.key} was pushed as "
+                f"{', '.join(names)}, not as --image {request.image}"
+            )
 
 
 def _lookup_tag(

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .build import open_store_source, temporary_layout
+from .build import WRITABLE_LINKS_WARNING, open_store_source, temporary_layout
 from .cache import VerifyCache
 from .digest import parse_digest
 from .errors import MetadataMissingError, OCILayoutError, UsageError
@@ -251,7 +251,9 @@ class _Pipeline:
             image=request.image,
             manifest_digest=built.manifest_digest,
             report=report,
-            warnings=list(built.warnings),
+            # The scanner only reads the private workspace, so shared
+            # writable inodes are no risk there, and scan has no --link.
+            warnings=[w for w in built.warnings if WRITABLE_LINKS_WARNING not in w],
         )
 
     def _scan_registry(

@@ -171,7 +171,12 @@ def scan(
         False, "--verbose", "-v", help="Log pipeline steps to stderr."
     ),
 ) -> None:
-    """Scan one image of the store: from a local OCI layout, else through the registry."""
+    """Scan one image, from a local layout or else its registry.
+
+    The scan reads a verified layout built in a private workspace; only when
+    no local layout is possible (exit 4 of build) and --registry is given does
+    it scan the registry by digest.
+    """
     # The scan modules load only when this command runs, to keep the other
     # commands' start-up short.
     from .scan import RegistryFallback, scan_image

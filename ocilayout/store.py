@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
-from .errors import IntegrityError, MetadataMissingError, UnsafePathError
+from .errors import IntegrityError, MetadataMissingError, UnsafePathError, UsageError
 
 DATABASE_NAME = "metadata.sqlite3"
 
@@ -159,6 +159,16 @@ class SQLiteMetadata:
 
     @classmethod
     def for_store(cls, store_dir: str | os.PathLike[str]) -> SQLiteMetadata:
+        """Open the database of an emulator store directory.
+
+        A directory that does not exist is a usage error (exit 2), because it
+        is far more likely a mistyped path than a store that lost its rows.
+        """
+        if not os.path.isdir(store_dir):
+            raise UsageError(
+                f"store directory {store_dir} does not exist or is not a "
+                "directory; check --store"
+            )
         return cls(Path(store_dir) / DATABASE_NAME)
 
     def _rows(self, sql: str, *params: object) -> list[tuple]:

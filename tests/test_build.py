@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import ocilayout
+
 from emulator.imagegen import host_platform
 from ocilayout import (
     DigestMismatchError,
@@ -215,6 +217,55 @@ def test_attestation_never_chosen(pushed_multi, tmp_path):
     assert code == 3
     assert "linux/amd64" in summary["error"]["message"]
     assert "linux/arm64/v8" in summary["error"]["message"]
+    assert not output.exists()
+
+
+def test_attestation_by_digest_rejected(pushed_multi, tmp_path):
+    attestation = pushed_multi.source.attestations["linux/arm64/v8"]
+    output = tmp_path / "layout"
+
+    code, summary = run_json(
+        "build", "--store", pushed_multi.store.root, "--digest", attestation,
+        "--output", output,
+    )
+
+    assert code == 1, summary
+    assert summary["error"]["type"] == "NotAnImageError"
+    assert attestation in summary["error"]["message"]
+    assert "not a container image" in summary["error"]["message"]
+    assert not output.exists()
+
+
+def test_digest_with_matching_tag_builds(pushed_single, tmp_path):
+    code, summary = run_json(
+        "build", "--store", pushed_single.store.root, "--digest", pushed_single.digest,
+        "--image", pushed_single.image, "--tag", pushed_single.tag,
+        "--output", tmp_path / "layout",
+    )
+
+    assert code == 0, summary
+    assert summary["ref_name"] == pushed_single.tag
+
+
+@pytest.mark.parametrize("selector", ["other tag", "other image"])
+def test_digest_contradicted_by_name_exit_3(pushed_multi, tmp_path, selector):
+    """--digest with an --image or --tag that names something else is an error."""
+    child = pushed_multi.source.manifests["linux/arm64/v8"]
+    names = (
+        ["--image", pushed_multi.image, "--tag", pushed_multi.tag]
+        if selector == "other tag"
+        else ["--image", "demo/elsewhere"]
+    )
+    output = tmp_path / "layout"
+
+    code, summary = run_json(
+        "build", "--store", pushed_multi.store.root, "--digest", child, *names,
+        "--output", output,
+    )
+
+    assert code == 3, summary
+    assert child in summary["error"]["message"]
+    assert names[1] in summary["error"]["message"]
     assert not output.exists()
 
 
@@ -483,3 +534,44 @@ def test_cli_unreachable_database_exits_4(tmp_path):
     assert code == 4
     assert summary["error"]["reason"] == "database-unavailable"
     assert not (tmp_path / "layout").exists()
+
+
+def test_cli_version_option():
+    result = run_cli("--version")
+
+    assert result.returncode == 0
+    assert result.stdout.strip() == ocilayout.__version__
+
+
+def test_cli_usage_error_as_json(tmp_path):
+    """With --json, even a missing option is reported as a JSON document."""
+    code, summary = run_json("build", "--store", tmp_path, "--digest", "sha256:" + "0" * 64)
+
+    assert code == 2
+    assert summary["ok"] is False
+    assert summary["error"]["type"] == "UsageError"
+    assert "--output" in summary["error"]["message"]
+
+
+def test_cli_missing_store_directory_exit_2(tmp_path):
+    missing = tmp_path / "no-such-store"
+    code, summary = run_json(
+        "build", "--store", missing, "--digest", "sha256:" + "0" * 64,
+        "--output", tmp_path / "layout",
+    )
+
+    assert code == 2, summary
+    assert str(missing) in summary["error"]["message"]
+    assert "--store" in summary["error"]["message"]
+
+
+def test_cli_platform_not_offered_candidates(pushed_multi, tmp_path):
+    code, summary = run_json(
+        "build", "--store", pushed_multi.store.root, "--digest", pushed_multi.digest,
+        "--platform", "linux/s390x", "--output", tmp_path / "layout",
+    )
+
+    assert code == 3
+    assert summary["error"]["type"] == "PlatformNotFoundError"
+    assert summary["error"]["candidates"] == ["linux/amd64", "linux/arm64/v8"]
+    assert "--platform" in summary["error"]["hint"]

@@ -341,23 +341,35 @@ def test_cli_remove_keeps_entries(pushed_single, tmp_path):
     assert all(blob["hashed"] for blob in third["blobs"])
 
 
-@pytest.mark.parametrize("kind", ["plain folder", "file", "missing"])
+@pytest.mark.parametrize(
+    "kind", ["plain folder", "file", "missing", "extra file", "extra blob entry"]
+)
 def test_cli_remove_refuses_what_is_not_a_layout(tmp_path, kind):
     target = tmp_path / "target"
-    if kind == "plain folder":
-        target.mkdir()
-        (target / "keep.txt").write_text("not a layout")
-    elif kind == "file":
+    kept = target / "keep.txt"
+    if kind == "file":
         target.write_text("not a layout")
+    elif kind != "missing":
+        target.mkdir()
+    if kind in ("extra file", "extra blob entry"):
+        (target / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+        (target / "index.json").write_text('{"schemaVersion":2,"manifests":[]}')
+        (target / "blobs" / "sha256").mkdir(parents=True)
+    if kind == "extra blob entry":
+        kept = target / "blobs" / "sha256" / "notes.txt"
+    if kind != "file" and kind != "missing":
+        kept.write_text("not a layout")
 
     result = run_cli("remove", target, "--no-cache")
 
     assert result.returncode == 2
     assert str(target) in result.stderr
-    if kind == "plain folder":
-        assert (target / "keep.txt").read_text() == "not a layout"
-    elif kind == "file":
+    if kind == "file":
         assert target.read_text() == "not a layout"
+    elif kind != "missing":
+        assert kept.read_text() == "not a layout"
+    if kind.startswith("extra"):
+        assert kept.name in result.stderr
 
 
 # Location and permissions
