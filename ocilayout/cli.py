@@ -258,7 +258,7 @@ def build(
     os_version: Optional[str] = typer.Option(None, "--os-version", help="Windows os.version the chosen child must have, such as 10.0.17763 (a prefix in whole components matches)."),
     shape: Shape = typer.Option(Shape.scan, "--shape", help="scan: one image manifest in index.json; full: the stored index with every child."),
     referrers: bool = typer.Option(False, "--referrers", help="Also place signatures, SBOMs and attestations whose subject is a placed manifest."),
-    ref: Optional[str] = typer.Option(None, "--ref", help="org.opencontainers.image.ref.name for the layout; default: the tag."),
+    ref: Optional[str] = typer.Option(None, "--ref", help="org.opencontainers.image.ref.name for the layout; default: the tag, or latest when built by --digest alone."),
     link: Link = typer.Option(Link.auto, "--link", help="Blob placement: auto tries hardlink, then reflink, then copy."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Blobs verified in parallel; default: CPU count."),
     no_sync: bool = typer.Option(False, "--no-sync", help="Skip fsync; for throwaway layouts."),

@@ -78,12 +78,11 @@ class BlobChecker:
         elif entry.status == fs.MISSING:
             # NOTE: image-spec lets a layout omit blobs held by an external
             # store, but the scanners this tool serves read only from disk.
-            self.findings.error(
-                ref.file,
-                where,
-                "blob-missing",
-                f"blob {ref.blob_file} does not exist ({entry.detail})",
-            )
+            message = f"blob {ref.blob_file} does not exist"
+            if entry.detail and not entry.detail.startswith(f"{ref.blob_file} "):
+                # The detail names the folder that is missing on the way.
+                message += f" ({entry.detail})"
+            self.findings.error(ref.file, where, "blob-missing", message)
         else:
             self.findings.error(
                 ref.file,
