@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from ocilayout.errors import OCILayoutError, UsageError
+from ocilayout.postgres import check_url, redact_url
 
 from .imagegen import COMPRESSIONS, DEBIAN_PACKAGES, host_platform, make_image
 from .push import push
@@ -118,18 +119,24 @@ def _add_db_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_db_url(url: str) -> str:
+    """Reject what is not a PostgreSQL URL, and any URL with a password.
+
+    A password on a command line is readable by every local user, so it
+    comes from PGPASSWORD or ~/.pgpass, as for ocilayout itself.
+    """
     if not url.startswith(("postgresql://", "postgres://")):
         raise UsageError(
-            f"--db {url!r} is not a PostgreSQL URL; use "
+            f"--db {redact_url(url)!r} is not a PostgreSQL URL; use "
             "postgresql://USER@HOST[:PORT]/DATABASE, or leave --db out to "
             "keep the rows in the store's SQLite file"
         )
+    check_url(url)
     return url
 
 
 def run(arguments: argparse.Namespace) -> None:
     if arguments.command == "init":
-        if arguments.db:
+        if arguments.db is not None:
             from . import postgres
 
             store = postgres.PostgresStore.init(
@@ -139,7 +146,7 @@ def run(arguments: argparse.Namespace) -> None:
             store = EmulatorStore.init(arguments.directory)
         print(store.root)
     elif arguments.command == "push":
-        if arguments.db:
+        if arguments.db is not None:
             from . import postgres
 
             digest = postgres.push(
@@ -196,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if not type(exc).__module__.startswith("psycopg"):
             raise
-        print(f"error: PostgreSQL at {arguments.db}: {exc}".rstrip(), file=sys.stderr)
+        where = redact_url(arguments.db or "")
+        print(f"error: PostgreSQL at {where}: {exc}".rstrip(), file=sys.stderr)
         print("hint: check the URL, that the server runs, and PGPASSWORD", file=sys.stderr)
         return 1
     return 0

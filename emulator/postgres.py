@@ -184,10 +184,17 @@ INDEXES = (
 
 
 def connect(url: str, **options: Any):
-    """Open a psycopg connection to ``url`` with autocommit off."""
+    """Open a psycopg connection to ``url`` with autocommit off.
+
+    The connection timeout is 10 seconds unless the URL or PGCONNECT_TIMEOUT
+    sets one.
+    """
     import psycopg
 
-    return psycopg.connect(url, connect_timeout=10, **options)
+    given = psycopg.conninfo.conninfo_to_dict(url)
+    if "connect_timeout" not in given and "PGCONNECT_TIMEOUT" not in os.environ:
+        options.setdefault("connect_timeout", 10)
+    return psycopg.connect(url, **options)
 
 
 def create_schema(url: str) -> None:
@@ -235,12 +242,21 @@ class PostgresStore:
     def __init__(self, root: str | os.PathLike[str], url: str):
         self.root = Path(root).resolve()
         self.url = url
+        if not self.storage_root.is_dir():
+            raise NotFoundError(
+                f"no emulator store at {self.root}: {STORAGE_DIRECTORY}/ is "
+                f"missing; create one with 'python -m emulator init {self.root} "
+                "--db URL'"
+            )
 
     @classmethod
     def init(cls, root: str | os.PathLike[str], url: str) -> PostgresStore:
-        """Create the storage folder and the schema, or reuse the ones there."""
-        (Path(root) / STORAGE_DIRECTORY).mkdir(parents=True, exist_ok=True)
+        """Create the schema and then the storage folder, or reuse those there.
+
+        The schema comes first, so an unreachable database leaves no folder.
+        """
         create_schema(url)
+        (Path(root) / STORAGE_DIRECTORY).mkdir(parents=True, exist_ok=True)
         return cls(root, url)
 
     @property

@@ -26,13 +26,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ocilayout import mediatypes
 from ocilayout.digest import Digest
 from ocilayout.errors import InvalidContentError, NotFoundError, UsageError
+from ocilayout.names import IMAGE_NAME, TAG
 
 from .sources import Descriptor, ImageSource, open_source
 from .store import EmulatorStore, Repository, new_id, utc_now
@@ -40,8 +40,6 @@ from .store import EmulatorStore, Repository, new_id, utc_now
 logger = logging.getLogger(__name__)
 
 MAX_INDEX_DEPTH = 8
-_IMAGE_NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 
 
 @dataclass
@@ -349,8 +347,7 @@ def _upsert_reference(
 
 
 def _check_image_name(image: str) -> None:
-    pattern = rf"{_IMAGE_NAME_COMPONENT}(?:/{_IMAGE_NAME_COMPONENT})*"
-    if not re.fullmatch(pattern, image):
+    if not IMAGE_NAME.fullmatch(image):
         raise UsageError(
             f"invalid image name {image!r}: use lowercase path components such "
             f"as 'library/alpine'"
@@ -358,7 +355,7 @@ def _check_image_name(image: str) -> None:
 
 
 def _check_tag(tag: str) -> None:
-    if not re.fullmatch(_TAG, tag):
+    if not TAG.fullmatch(tag):
         raise UsageError(
             f"invalid tag {tag!r}: use up to 128 letters, digits, '_', '.' and "
             f"'-', not starting with '.' or '-'"

@@ -383,6 +383,21 @@ class _Slots:
         if self._cancel.is_set():
             raise _Cancelled()
 
+    def pause(self, remaining: int) -> None:
+        """Hand the slot to a waiter with more bytes left, if any, and queue again.
+
+        The slot is kept when no waiter has more than ``remaining`` bytes left.
+        """
+        with self._lock:
+            if not self._waiting or -self._waiting[0][0] <= remaining:
+                return
+            granted = threading.Event()
+            heapq.heappop(self._waiting)[2].set()
+            heapq.heappush(self._waiting, (-remaining, next(self._turn), granted))
+        granted.wait()
+        if self._cancel.is_set():
+            raise _Cancelled()
+
     def leave(self) -> None:
         with self._lock:
             if self._waiting:
@@ -440,8 +455,7 @@ def _place_all(
             if since_turn >= SLICE_BYTES and remaining:
                 since_turn = 0
                 holding = False
-                slots.leave()
-                slots.enter(remaining)
+                slots.pause(remaining)
                 holding = True
 
         slots.enter(remaining)

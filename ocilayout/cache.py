@@ -28,6 +28,7 @@ every lookup is a miss and the blob is hashed; it never produces a hit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -195,34 +196,68 @@ def remove_layout(
     Unlinking a hardlinked blob moves the ctime of the store's file, which
     would turn its cache entry into a miss. For each blob that had a hit
     just before its unlink, the entry is recorded again with the identity the
-    file has just after it.
+    file has just after it. Every folder is opened without following
+    symlinks, so a symlinked ``blobs`` or algorithm folder is never entered.
     """
     root = Path(layout)
     if cache is not None:
-        blobs = root / "blobs"
-        for folder in _subdirectories(blobs):
-            for entry in _regular_files(folder):
-                _unlink_keeping_entry(Path(entry.path), folder.name, cache)
+        with _open_folder(root) as root_fd, _open_folder("blobs", root_fd) as blobs_fd:
+            for algorithm in _names(blobs_fd):
+                with _open_folder(algorithm, blobs_fd) as folder_fd:
+                    for name in _names(folder_fd):
+                        _unlink_keeping_entry(folder_fd, algorithm, name, cache)
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _unlink_keeping_entry(path: Path, algorithm: str, cache: VerifyCache) -> None:
+@contextlib.contextmanager
+def _open_folder(path: str | os.PathLike[str], dir_fd: int | None = None):
+    """Yield a descriptor of a real folder, or -1 when it is absent or a symlink."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = -1
+    if dir_fd != -1:
+        try:
+            fd = os.open(path, flags, dir_fd=dir_fd)
+        except OSError:
+            fd = -1
     try:
-        digest = parse_digest(f"{algorithm}:{path.name}")
+        yield fd
+    finally:
+        if fd != -1:
+            os.close(fd)
+
+
+def _names(dir_fd: int) -> list[str]:
+    if dir_fd == -1:
+        return []
+    try:
+        return os.listdir(dir_fd)
+    except OSError:
+        return []
+
+
+def _unlink_keeping_entry(
+    dir_fd: int, algorithm: str, name: str, cache: VerifyCache
+) -> None:
+    try:
+        digest = parse_digest(f"{algorithm}:{name}")
     except UsageError:
         return
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags)
+        fd = os.open(name, flags, dir_fd=dir_fd)
     except OSError:
         return
     try:
         before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            return
         known = before.st_nlink > 1 and cache.hit(FileIdentity.of(before), digest)
-        os.unlink(path)
+        os.unlink(name, dir_fd=dir_fd)
         after = os.fstat(fd)
-        # NOTE: a write to the file between the fstat above and the unlink is
-        # not detected. place.py has the same window between hashing and linking.
+        # NOTE: a write that restores mtime (so only its owner can make it)
+        # landing just before the unlink or between it and the fstat is not
+        # detected. Such a writer can change a hardlinked blob after any
+        # build as well, which is why build warns about writable store files.
         if known and _same_content_fields(before, after):
             cache.record(FileIdentity.of(after), digest)
     except OSError:
@@ -238,22 +273,6 @@ def _same_content_fields(before: os.stat_result, after: os.stat_result) -> bool:
         after.st_size,
         after.st_mtime_ns,
     )
-
-
-def _subdirectories(path: Path) -> list[Path]:
-    try:
-        entries = list(os.scandir(path))
-    except OSError:
-        return []
-    return [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
-
-
-def _regular_files(path: Path) -> list[os.DirEntry]:
-    try:
-        entries = list(os.scandir(path))
-    except OSError:
-        return []
-    return [e for e in entries if e.is_file(follow_symlinks=False)]
 
 
 def _prepare_directory(directory: Path) -> None:

@@ -127,22 +127,23 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON value")
 
 
-# A complete JSON string with its escapes. The quantifiers are possessive, so
-# matching never backtracks.
-_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# One token of a JSON body for the depth check: a complete string with its
+# escapes, a quote that opens a string never closed, or a bracket. Scanning
+# left to right, each string start is tried once, so the scan stays linear.
+# The quantifiers are possessive, so a match never backtracks.
+_DEPTH_TOKEN = re.compile(rb'"(?:[^"\\]++|\\.)*+"|["\[\]{}]', re.DOTALL)
 
 
 def _check_depth(data: bytes, where: str) -> None:
     # Counting brackets outside strings bounds nesting before json.loads
-    # recurses, so a hostile body cannot exhaust the interpreter stack. The
-    # strings are removed and the other bytes deleted in C, which leaves only
-    # the brackets for the Python loop. A quote left after the removal opens
-    # a string that never ends, and brackets after it are inside that string.
-    outside = _JSON_STRING.sub(b"", data)
-    outside = outside.split(b'"', 1)[0]
+    # recurses, so a hostile body cannot exhaust the interpreter stack.
     depth = 0
-    for byte in outside.translate(None, _NOT_BRACKETS):
+    for token in _DEPTH_TOKEN.finditer(data):
+        byte = data[token.start()]
+        if byte == 0x22:
+            if token.end() - token.start() == 1:
+                break  # the rest is inside a string that never ends
+            continue
         if byte in (0x5B, 0x7B):
             depth += 1
             if depth > MAX_JSON_DEPTH:

@@ -208,22 +208,20 @@ def _hardlink(
 
 
 def _unchanged(before: os.stat_result, after: os.stat_result) -> bool:
-    """Tell whether a file kept its content between two stat calls.
+    """Tell whether a file kept its inode, size and mtime between two stat calls.
 
-    A link or unlink (ours or a concurrent build's) moves ctime but also the
-    link count, so a ctime change is accepted only together with a link count
-    change. A write, truncate, chmod or utime moves ctime alone.
+    ctime is left out on purpose. Concurrent builds link and unlink the same
+    store files, which moves ctime and may leave the link count where it was.
+    A write that restores mtime moves only ctime too, but it either lands in
+    bytes not yet hashed, and the digest fails, or in bytes already hashed,
+    which is the same as a change after the build that any hardlink allows.
+    The verification cache still keys on ctime.
     """
-    same_file = (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns) == (
+    return (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns) == (
         after.st_dev,
         after.st_ino,
         after.st_size,
         after.st_mtime_ns,
-    )
-    if not same_file:
-        return False
-    return (
-        before.st_ctime_ns == after.st_ctime_ns or before.st_nlink != after.st_nlink
     )
 
 

@@ -64,16 +64,22 @@ PASSWORD_HINT = (
 
 def check_url(url: str) -> None:
     """Reject a URL that is not a PostgreSQL URL or that contains a password."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise UsageError(
+            f"invalid PostgreSQL URL: {exc}; expected "
+            "postgresql://USER@HOST[:PORT]/DATABASE"
+        ) from None
     if parts.scheme not in URL_SCHEMES:
         raise UsageError(
-            f"invalid PostgreSQL URL {_redact(url)!r}: expected "
+            f"invalid PostgreSQL URL {redact_url(url)!r}: expected "
             "postgresql://USER@HOST[:PORT]/DATABASE"
         )
     in_query = any(k.lower() == "password" for k in parse_qs(parts.query))
     if parts.password is not None or in_query:
         raise UsageError(
-            f"the PostgreSQL URL {_redact(url)!r} contains a password, which "
+            f"the PostgreSQL URL {redact_url(url)!r} contains a password, which "
             f"every local user can read on a command line; {PASSWORD_HINT}"
         )
 
@@ -108,7 +114,7 @@ class PostgresMetadata:
         self._db.read_only = True
         self._db.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         self._check_tables()
-        log.debug("reading metadata from PostgreSQL database %s", _redact(url))
+        log.debug("reading metadata from PostgreSQL database %s", redact_url(url))
 
     def __enter__(self) -> Self:
         return self
@@ -128,7 +134,7 @@ class PostgresMetadata:
     def _unavailable(self, action: str, exc: Exception) -> MetadataMissingError:
         detail = str(exc).strip() or type(exc).__name__
         return MetadataMissingError(
-            f"{action} PostgreSQL database {_redact(self.url)}: {detail}",
+            f"{action} PostgreSQL database {redact_url(self.url)}: {detail}",
             reason="database-unavailable",
         )
 
@@ -280,7 +286,7 @@ def _parse_conninfo(url: str, psycopg: Any) -> dict[str, Any]:
     try:
         return psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error as exc:
-        raise UsageError(f"invalid PostgreSQL URL {_redact(url)!r}: {exc}") from None
+        raise UsageError(f"invalid PostgreSQL URL {redact_url(url)!r}: {exc}") from None
 
 
 def _connection_settings(
@@ -304,9 +310,12 @@ def _session_options(given: dict[str, Any], statement_timeout: float) -> str:
     return f"{given.get('options') or ''} {ours}".strip()
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """Return ``url`` with any password replaced by ``***``, for messages."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
     netloc = parts.netloc
     if parts.password is not None:
         user, _, host = netloc.rpartition("@")

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 
 from .digest import Digest
 from .errors import InvalidContentError, UsageError
@@ -43,15 +42,14 @@ from .layout_source import (
     read_verified,
     stored_size,
 )
+from .names import IMAGE_NAME, TAG
 from .store import Blob, BlobRef, Repository, StoredManifest, Subject, Tag, open_blob
 
 log = logging.getLogger(__name__)
 
 TREE = ("docker", "registry", "v2")
-# Repository names and tags as the distribution reference grammar defines them.
-_NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_NAME = re.compile(rf"{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_NAME = IMAGE_NAME
+_TAG = TAG
 # Longest link file read, because a link contains one digest.
 _MAX_LINK_BYTES = 256
 # Deepest repository name searched, in path components.

@@ -18,6 +18,7 @@ from typing import Protocol
 from urllib.parse import quote
 
 from .errors import IntegrityError, MetadataMissingError, UnsafePathError, UsageError
+from .names import is_image_name
 
 DATABASE_NAME = "metadata.sqlite3"
 
@@ -83,14 +84,18 @@ class Subject:
     annotations: str | None
 
 
-def image_of_artifact_path(path: str) -> str | None:
-    """Return ``<image>`` of an artifact path ``v2/<image>/manifests/<ref>``."""
-    if not path.startswith("v2/"):
+def image_of_artifact_path(path: object) -> str | None:
+    """Return ``<image>`` of an artifact path ``v2/<image>/manifests/<ref>``.
+
+    Only a name that fits the reference grammar is returned, because the
+    registry fallback puts it into a scanner target and a token scope.
+    """
+    if not isinstance(path, str) or not path.startswith("v2/"):
         return None
     image, separator, reference = path[3:].rpartition("/manifests/")
-    if not separator or not image or not reference or "/" in reference:
+    if not separator or not reference or "/" in reference:
         return None
-    return image
+    return image if is_image_name(image) else None
 
 
 class MetadataSource(Protocol):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OCILayoutError, UsageError
+from .names import is_image_name
 
 # Environment variables that supply the signing key, checked in this order.
 KEY_FILE_ENV = "OCILAYOUT_TOKEN_KEY_FILE"
@@ -118,8 +119,11 @@ def mint_token(
     now: float | None = None,
 ) -> RegistryToken:
     """Sign a token granting pull on ``repository`` for ``ttl`` seconds."""
-    if not repository or any(ch in repository for ch in ": \t\n"):
-        raise UsageError(f"invalid repository name for a token: {repository!r}")
+    if not is_image_name(repository):
+        raise UsageError(
+            f"invalid repository name for a token: {repository!r}; expected "
+            "lowercase components such as docker-local/library/alpine"
+        )
     if ttl <= 0:
         raise UsageError(f"invalid token lifetime {ttl}: expected seconds > 0")
     issued = int(time.time() if now is None else now)
