@@ -344,8 +344,8 @@ class _Cancelled(Exception):
     pass
 
 
-# Hashing yields its CPU slot after this many bytes, so that the slot goes to
-# the blob with the most bytes left and all slots finish close together.
+# Hashing offers its CPU slot after this many bytes to a blob with more bytes
+# left, so that all slots finish close together.
 SLICE_BYTES = 64 * 1024 * 1024
 # Maximum placement threads. At most ``workers`` of them hash at any moment.
 MAX_THREADS = 64
@@ -354,10 +354,11 @@ MAX_THREADS = 64
 class _Slots:
     """CPU slots for hashing threads, granted to the most remaining bytes first.
 
-    A thread hashing a large blob gives its slot back every SLICE_BYTES and
-    queues again with the bytes it has left. Hashing cannot split one blob,
-    but this keeps every slot busy until the last slice: nine equal blobs on
-    two cores take the time of four and a half, not five.
+    Every SLICE_BYTES, a thread hashing a large blob hands its slot to a
+    waiting thread with more bytes left, if there is one, and queues again.
+    Hashing cannot split one blob, but this keeps every slot busy until the
+    end is less than a slice away: nine equal blobs on two CPUs take about
+    the time of four and a half, not five.
     """
 
     def __init__(self, count: int, cancel: threading.Event):

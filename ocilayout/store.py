@@ -148,6 +148,11 @@ class SQLiteMetadata:
 
     def __init__(self, database: str | os.PathLike[str]):
         path = Path(database)
+        if path.is_dir():
+            raise UsageError(
+                f"metadata database {path} is a directory; give its "
+                f"{DATABASE_NAME} file, or pass the directory as --store"
+            )
         if not path.is_file():
             raise MetadataMissingError(
                 f"metadata database not found: {path}", reason="no-database"

@@ -575,3 +575,15 @@ def test_cli_platform_not_offered_candidates(pushed_multi, tmp_path):
     assert summary["error"]["type"] == "PlatformNotFoundError"
     assert summary["error"]["candidates"] == ["linux/amd64", "linux/arm64/v8"]
     assert "--platform" in summary["error"]["hint"]
+
+
+def test_cli_sqlite_url_of_directory_exit_2(pushed_single, tmp_path):
+    root = pushed_single.store.root
+    code, summary = run_json(
+        "build", "--db", f"sqlite://{root}", "--digest", pushed_single.digest,
+        "--output", tmp_path / "layout",
+    )
+
+    assert code == 2, summary
+    assert "is a directory" in summary["error"]["message"]
+    assert "--store" in summary["error"]["message"]
