@@ -191,8 +191,8 @@ def connect(url: str, **options: Any):
     """
     import psycopg
 
-    given = psycopg.conninfo.conninfo_to_dict(url)
-    if "connect_timeout" not in given and "PGCONNECT_TIMEOUT" not in os.environ:
+    url_settings = psycopg.conninfo.conninfo_to_dict(url)
+    if "connect_timeout" not in url_settings and "PGCONNECT_TIMEOUT" not in os.environ:
         options.setdefault("connect_timeout", 10)
     return psycopg.connect(url, **options)
 

@@ -212,10 +212,10 @@ def _unchanged(before: os.stat_result, after: os.stat_result) -> bool:
 
     ctime is left out on purpose. Concurrent builds link and unlink the same
     store files, which moves ctime and may leave the link count where it was.
-    A write that restores mtime moves only ctime too, but it either lands in
-    bytes not yet hashed, and the digest fails, or in bytes already hashed,
-    which is the same as a change after the build that any hardlink allows.
-    The verification cache still keys on ctime.
+    A write that restores mtime moves only ctime too. If it lands in bytes not
+    yet hashed, the digest fails. If it lands in bytes already hashed, it is
+    the same as a change after the build, which any hardlink allows. The
+    verification cache still keys on ctime.
     """
     return (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns) == (
         after.st_dev,
