@@ -769,6 +769,11 @@ def read_small_blob(
     source: MetadataSource, repo: Repository, key: str, digest: Digest, size: int
 ) -> bytes:
     """Read a JSON-sized stored object and verify its size and digest."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InvalidContentError(
+            f"{digest} has the invalid recorded size {size!r} in repository "
+            f"{repo.key}; a size is a non-negative integer"
+        )
     if size > MAX_BODY_BYTES:
         raise InvalidContentError(
             f"{digest} is recorded as {size} bytes, larger than the "

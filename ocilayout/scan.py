@@ -399,6 +399,7 @@ class _Pipeline:
         stdout = _LineCapture(process.stdout, self.redact, classify=False)
         try:
             returncode = process.wait(timeout=self.timeout)
+            _stop_leftovers(process)
         except subprocess.TimeoutExpired:
             _stop(process)
             stderr.join()
@@ -546,6 +547,18 @@ class _LineCapture:
 
     def join(self) -> None:
         self._thread.join(timeout=STOP_GRACE_SECONDS)
+
+
+def _stop_leftovers(process: subprocess.Popen) -> None:
+    """Kill what the exited scanner left running in its process group.
+
+    The scanner leads its own session, so the group id is its pid, and the
+    kernel keeps that id from reuse while any member is alive.
+    """
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _stop(process: subprocess.Popen) -> None:

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -517,27 +518,68 @@ def _platform_arguments(target: Target) -> list[str]:
     return []
 
 
+# Maximum report size read, because parsing takes a few times its size in memory.
+DEFAULT_MAX_REPORT_MIB = 128
+MAX_REPORT_VARIABLE = "OCILAYOUT_MAX_REPORT_MIB"
+
+
+def max_report_bytes() -> int:
+    """Return the report size limit: $OCILAYOUT_MAX_REPORT_MIB, else 128 MiB."""
+    value = os.environ.get(MAX_REPORT_VARIABLE, "")
+    if value.isdigit() and int(value) > 0:
+        return int(value) * 1024 * 1024
+    return DEFAULT_MAX_REPORT_MIB * 1024 * 1024
+
+
 def _load_report(scanner: str, path: Path) -> dict:
+    """Read the scanner's JSON report, which must be a regular file in the workspace.
+
+    The file is opened without following a symlink and without blocking on
+    a FIFO, and a report larger than the limit is rejected before reading.
+    """
+    def failed(reason: str) -> ScannerFailedError:
+        return ScannerFailedError(
+            f"{scanner} report {path} {reason}",
+            scanner=scanner,
+            kind="unreadable-report",
+        )
+
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        document = json.loads(path.read_bytes())
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise ScannerFailedError(
             f"{scanner} wrote no report at {path}",
             scanner=scanner,
             kind="unreadable-report",
         ) from None
-    except (OSError, ValueError) as exc:
-        raise ScannerFailedError(
-            f"{scanner} report {path} is not valid JSON: {exc}",
-            scanner=scanner,
-            kind="unreadable-report",
-        ) from None
+    except OSError as exc:
+        raise failed(f"cannot be opened ({exc.strerror}); a symlink is not followed") from None
+    limit = max_report_bytes()
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise failed("is not a regular file")
+        if info.st_size > limit:
+            raise failed(
+                f"is {info.st_size} bytes, more than the {limit} byte limit; "
+                f"raise {MAX_REPORT_VARIABLE} (in MiB) to accept it"
+            )
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise failed(f"cannot be read: {exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise failed(f"grew past the {limit} byte limit while it was read")
+    try:
+        document = json.loads(data)
+    except ValueError as exc:
+        raise failed(f"is not valid JSON: {exc}") from None
+    del data
     if not isinstance(document, dict):
-        raise ScannerFailedError(
-            f"{scanner} report {path} is not a JSON object",
-            scanner=scanner,
-            kind="unreadable-report",
-        )
+        raise failed("is not a JSON object")
     return document
 
 

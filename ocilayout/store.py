@@ -346,6 +346,12 @@ def open_blob(repo: Repository, key: str) -> tuple[int, str]:
         )
     parts = storage_key_parts(key)
     root = repo.storage_path
+    if not isinstance(root, str) or not root:
+        raise MetadataMissingError(
+            f"repository {repo.key} has no storage_path, so its blobs cannot "
+            "be found locally",
+            reason="storage-path-missing",
+        )
     if not os.path.isabs(root):
         raise UnsafePathError(
             f"storage_path {root!r} of repository {repo.key} is not absolute",
