@@ -35,6 +35,7 @@ from .errors import (
     AmbiguousError,
     DigestMismatchError,
     InvalidContentError,
+    SizeMismatchError,
     UnsafePathError,
     UsageError,
 )
@@ -267,6 +268,14 @@ class OCILayoutMetadata:
             if ref:
                 self._refs.append((ref, str(entry.digest)))
             self._visit(str(entry.digest), entry.media_type, depth=0)
+            rows = self._rows.get(str(entry.digest))
+            if rows is not None and rows.size != entry.size:
+                raise SizeMismatchError(
+                    str(entry.digest),
+                    entry.size,
+                    rows.size,
+                    f"{self.repo.storage_path}/index.json",
+                )
 
     def _visit(self, digest: str, media_type: str, depth: int) -> None:
         # Entries of other types (a layer, an unknown artifact) are no

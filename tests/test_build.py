@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -514,6 +515,25 @@ def test_cli_reads_oci_layout_source(real_image_single, tmp_path):
     assert summary["manifest_digest"] == real_image_single.digest
     packages = syft_packages(summary["target"])
     assert len(packages) == real_image_single.package_count
+
+
+def test_cli_layout_source_wrong_index_size(real_image_single, tmp_path):
+    """An index.json descriptor whose size is not its blob's is an integrity error."""
+    source = tmp_path / "source"
+    shutil.copytree(real_image_single.layout, source)
+    index = json.loads((source / "index.json").read_text())
+    index["manifests"][0]["size"] += 1
+    (source / "index.json").write_text(json.dumps(index))
+
+    code, summary = run_json(
+        "build", "--layout", source, "--digest", real_image_single.digest,
+        "--output", tmp_path / "layout", "--no-cache",
+    )
+
+    assert code == 5, summary
+    assert summary["error"]["type"] == "SizeMismatchError"
+    assert real_image_single.digest in summary["error"]["message"]
+    assert not (tmp_path / "layout").exists()
 
 
 def test_cli_without_source_is_usage_error(tmp_path):
