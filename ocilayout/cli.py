@@ -159,18 +159,30 @@ def _fail(error: OCILayoutError, as_json: bool) -> None:
     raise typer.Exit(error.exit_code)
 
 
-class _Progress:
-    """A one-line progress display on stderr, redrawn at most ten times a second."""
+class Progress:
+    """A one-line progress display on stderr, redrawn at most ten times a second.
 
-    def __init__(self) -> None:
+    Build events update the bytes and blobs counts. Between ``scanner-start``
+    and ``scanner-end`` a ticker thread shows how long ``scanner`` has run.
+    """
+
+    def __init__(self, scanner: str | None = None) -> None:
         self.total_bytes = 0
         self.total_blobs = 0
         self.bytes = 0
         self.blobs = 0
+        self.scanner = scanner
         self._lock = threading.Lock()
         self._last = 0.0
+        self._scanning = threading.Event()
 
     def __call__(self, event: str, value: int) -> None:
+        if event == "scanner-start":
+            self._start_ticker()
+            return
+        if event == "scanner-end":
+            self._scanning.clear()
+            return
         with self._lock:
             if event == "total-bytes":
                 self.total_bytes = value
@@ -181,7 +193,7 @@ class _Progress:
             elif event == "blob":
                 self.blobs += value
             now = time.monotonic()
-            if now - self._last >= 0.1 or event == "blob":
+            if event == "blob" or (event == "bytes" and now - self._last >= 0.1):
                 self._last = now
                 self._draw()
 
@@ -193,9 +205,32 @@ class _Progress:
         )
         sys.stderr.flush()
 
+    def _start_ticker(self) -> None:
+        self.finish()
+        self._last = 0.0
+        self._scanning.set()
+        started = time.monotonic()
+
+        def tick() -> None:
+            while True:
+                with self._lock:
+                    # Checked under the lock, so no line follows finish's newline.
+                    if not self._scanning.is_set():
+                        return
+                    elapsed = time.monotonic() - started
+                    sys.stderr.write(f"\rscanning with {self.scanner}: {elapsed:.0f} s")
+                    sys.stderr.flush()
+                    self._last = time.monotonic()
+                time.sleep(0.5)
+
+        threading.Thread(target=tick, daemon=True).start()
+
     def finish(self) -> None:
-        if self._last:
-            sys.stderr.write("\n")
+        with self._lock:
+            self._scanning.clear()
+            if self._last:
+                sys.stderr.write("\n")
+                self._last = 0.0
 
 
 def _install_signal_handlers() -> None:
@@ -278,7 +313,7 @@ def build(
     if verbose:
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     _install_signal_handlers()
-    progress = _Progress() if sys.stderr.isatty() and not as_json else None
+    progress = Progress() if sys.stderr.isatty() and not as_json else None
     try:
         cache = open_cache(no_cache, cache_dir, link)
         result = build_layout(

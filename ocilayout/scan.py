@@ -32,7 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .build import WRITABLE_LINKS_WARNING, open_store_source, temporary_layout
+from .build import (
+    WRITABLE_LINKS_WARNING,
+    ProgressFn,
+    open_store_source,
+    temporary_layout,
+)
 from .cache import VerifyCache
 from .digest import parse_digest
 from .errors import MetadataMissingError, OCILayoutError, UsageError
@@ -149,6 +154,7 @@ def scan_image(
     allow_empty: bool = False,
     workspace: str | os.PathLike[str] | None = None,
     cache: VerifyCache | None = None,
+    progress: ProgressFn | None = None,
 ) -> ScanOutcome:
     """Scan one image of the store, locally when possible, else through ``registry``.
 
@@ -157,7 +163,9 @@ def scan_image(
     is trusted only when the scanner exits 0, prints no fatal error and, from
     an image with layers, catalogues at least one package (unless
     ``allow_empty``). With a verification ``cache``, blobs verified by an
-    earlier build or scan are not hashed again. Raises an OCILayoutError
+    earlier build or scan are not hashed again. ``progress`` receives the
+    build's events, then ``scanner-start`` and ``scanner-end`` around the
+    scanner's run. Raises an OCILayoutError
     subclass; scanner failures are
     ScanError subclasses (ScannerFailedError, ScannerNotFoundError,
     ScanTimeoutError).
@@ -174,6 +182,7 @@ def scan_image(
         registry=registry,
         allow_empty=allow_empty,
         cache=cache,
+        progress=progress,
     )
     return pipeline.run(workspace)
 
@@ -204,6 +213,7 @@ class _Pipeline:
     registry: RegistryFallback | None
     allow_empty: bool
     cache: VerifyCache | None = None
+    progress: ProgressFn | None = None
     secrets: list[str] = field(default_factory=list)
 
     def run(self, workspace: str | os.PathLike[str] | None) -> ScanOutcome:
@@ -234,6 +244,7 @@ class _Pipeline:
             workspace=folder,
             sync=False,
             cache=self.cache,
+            progress=self.progress,
             digest=request.digest,
             image=request.image,
             tag=request.tag,
@@ -382,8 +393,14 @@ class _Pipeline:
         reports.mkdir(mode=0o700, exist_ok=True)
         invocation = self.profile.invocation(self.binary, target, reports, token)
         log.info("running %s on %s", self.profile.name, target.describe())
+        if self.progress is not None:
+            self.progress("scanner-start", 0)
         try:
-            completed = self._run_process(invocation, folder, target)
+            try:
+                completed = self._run_process(invocation, folder, target)
+            finally:
+                if self.progress is not None:
+                    self.progress("scanner-end", 0)
             return self._judge(completed, invocation, target, expected_layers)
         except ScanError as error:
             error.target = target.describe()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -21,8 +22,9 @@ from .cli import (
     NO_CACHE_HELP,
     REGISTRY_ROOT_HELP,
     STORE_HELP,
-    open_cache,
+    Progress,
     metadata_source,
+    open_cache,
 )
 from .errors import IntegrityError, MetadataMissingError, OCILayoutError
 
@@ -196,6 +198,7 @@ def scan(
             token_ttl=token_ttl,
         )
     cache = None
+    progress = Progress(scanner.value) if sys.stderr.isatty() and not as_json else None
     try:
         cache = open_cache(no_cache, cache_dir)
         outcome = scan_image(
@@ -212,15 +215,22 @@ def scan(
             allow_empty=allow_empty,
             workspace=workspace,
             cache=cache,
+            progress=progress,
         )
     except OCILayoutError as error:
+        if progress:
+            progress.finish()
         _fail(error, as_json)
     except KeyboardInterrupt:
+        if progress:
+            progress.finish()
         typer.echo("interrupted; the scan workspace was removed", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
     finally:
         if cache is not None:
             cache.close()
+    if progress:
+        progress.finish()
     if as_json:
         typer.echo(json.dumps({"ok": True, **outcome.to_json()}, indent=2))
         return

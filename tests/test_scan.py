@@ -957,3 +957,48 @@ def test_scan_modules_import_stdlib_only():
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def run_on_terminal(*args) -> tuple[int, str, str]:
+    """Run a scan whose stderr is a pseudo-terminal; return (code, stdout, stderr)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [*SCAN_COMMAND, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        cwd=ROOT,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO once the child closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    stdout = process.stdout.read().decode()
+    process.wait(timeout=120)
+    os.close(leader)
+    return process.returncode, stdout, b"".join(chunks).decode(errors="replace")
+
+
+def test_terminal_shows_build_and_scan_progress(pushed_single):
+    code, stdout, stderr = run_on_terminal(*image_args(pushed_single), "--no-cache")
+
+    assert code == 0, stderr
+    assert "placed 4/4 blobs" in stderr
+    assert "scanning with syft:" in stderr
+    assert f"packages  {pushed_single.source.package_count}" in stdout
+
+
+def test_terminal_json_has_no_progress(pushed_single):
+    code, stdout, stderr = run_on_terminal(*image_args(pushed_single), "--json")
+
+    assert code == 0, stderr
+    assert "scanning with" not in stderr
+    assert "verified" not in stderr
+    assert json.loads(stdout)["ok"] is True
