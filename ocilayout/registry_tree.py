@@ -64,6 +64,9 @@ class RegistryTreeMetadata:
     path names. The source reads files only when asked and keeps none open.
     """
 
+    # Each registry repository is one image, served under its own name.
+    repository_is_image = True
+
     def __init__(self, root: str | os.PathLike[str]):
         self.root = os.path.realpath(root)
         try:

@@ -272,10 +272,12 @@ class _Pipeline:
     ) -> ScanOutcome:
         if self.registry is None:
             raise missing
-        repository, image, digest, names_image = self._fallback_reference(missing)
+        repository, image, path, digest, names_image = self._fallback_reference(
+            missing
+        )
         target = RegistryTarget(
             host=self.registry.host,
-            repository=f"{repository}/{image}",
+            repository=path,
             digest=digest,
             insecure=self.registry.insecure,
             platform=None if names_image else self.request.platform,
@@ -315,26 +317,31 @@ class _Pipeline:
 
     def _fallback_reference(
         self, missing: MetadataMissingError
-    ) -> tuple[str, str, str, bool]:
-        """Return (repository key, image, digest, digest names an image manifest)."""
-        repository, image, top = self._locate_top(missing)
+    ) -> tuple[str, str, str, str, bool]:
+        """Return (repository key, image, registry path, digest, digest names an
+        image manifest)."""
+        repository, image, path, top = self._locate_top(missing)
         if missing.reason == "blob-row-missing" and missing.manifest:
-            return repository, image, missing.manifest, True
+            return repository, image, path, missing.manifest, True
         if missing.reason in _MANIFEST_REASONS and missing.digest:
             # The manifest resolution reached: for an index, the chosen child.
             return (
                 repository,
                 image,
+                path,
                 missing.digest,
                 missing.reason == "no-blob-rows",
             )
         # NOTE: when the database itself is unavailable the chosen child is
         # unknown, so an index is scanned by its own digest and the scanner
         # picks the platform.
-        return repository, image, top, False
+        return repository, image, path, top, False
 
-    def _locate_top(self, missing: MetadataMissingError) -> tuple[str, str, str]:
-        """Find the repository key, image name and top-level digest of the fallback."""
+    def _locate_top(
+        self, missing: MetadataMissingError
+    ) -> tuple[str, str, str, str]:
+        """Find the repository key, image name, registry path and top-level
+        digest of the fallback."""
         request = self.request
         digest = request.digest
         if digest is None and (request.tag or "").startswith(("sha256:", "sha512:")):
@@ -343,7 +350,8 @@ class _Pipeline:
             source, owned = open_store_source(self.store)
         except MetadataMissingError:
             if request.repo and digest and request.image:
-                return request.repo, request.image, digest
+                path = f"{request.repo}/{request.image}"
+                return request.repo, request.image, path, digest
             raise FallbackUnavailableError(
                 f"{missing}; without the metadata database the registry fallback "
                 "cannot pin the tag to a digest, find the repository or name the "
@@ -354,7 +362,13 @@ class _Pipeline:
         try:
             repository, top = _locate_with(source, request, digest, missing)
             image = request.image or _image_of(source, repository, top, missing)
-            return repository, image, top
+            # In a plain registry's tree a repository is one image, and the
+            # registry serves it under its own name, not <repository>/<image>.
+            if getattr(source, "repository_is_image", False):
+                path = repository
+            else:
+                path = f"{repository}/{image}"
+            return repository, image, path, top
         finally:
             if owned:
                 source.close()

@@ -25,6 +25,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -520,6 +521,39 @@ def test_hidden_blob_is_absent(fresh_backend, corpus, tmp_path):
     assert caught.value.reason == "blob-row-missing"
     assert caught.value.digest == layer
     assert not (tmp_path / "out").exists()
+
+
+def test_registry_tree_fallback_target(registry_tree, corpus, tmp_path):
+    """The scan fallback names a plain registry's repository by itself, since
+    there a repository is one image, not <repository>/<image>."""
+    backend = registry_backend(registry_tree, tmp_path)
+    manifest = corpus.digests["single"]
+    backend.hide_blob(corpus.document(manifest)["layers"][-1]["digest"])
+    record = tmp_path / "record.json"
+    fake = Path(__file__).parent / "fake_scanners" / "fake_scanner.py"
+    port = free_port()  # nothing listens: the stand-in scanner never connects
+    environment = {
+        **os.environ,
+        "FAKE_SCANNER_MODE": "grype",
+        "FAKE_SCANNER_RECORD": str(record),
+    }
+
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "ocilayout", "scan",
+            "--registry-root", tmp_path / "registry", "--image", IMAGE,
+            "--tag", "single", "--registry", f"127.0.0.1:{port}",
+            "--registry-insecure", "--anonymous", "--scanner", "grype",
+            "--scanner-path", fake, "--json",
+        ],
+        capture_output=True, text=True, env=environment, check=False,
+    )
+
+    document = json.loads(result.stdout)
+    assert result.returncode == 0, document
+    assert document["source"] == "registry"
+    expected = f"registry:127.0.0.1:{port}/{IMAGE}@{manifest}"
+    assert json.loads(record.read_text())["argv"][1] == expected
 
 
 def test_symlinked_blob_rejected(fresh_backend, corpus, tmp_path):
