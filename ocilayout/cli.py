@@ -517,6 +517,10 @@ def main() -> None:
     except OCILayoutError as error:
         _fail(error, as_json=True)
     except Exception as error:
+        if any(kind.__name__ == "Abort" for kind in type(error).__mro__):
+            # click turns a Ctrl-C outside a command's own handler into Abort.
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
         if not _is_usage_error(error):
             raise
         failure = UsageError(error.format_message())
