@@ -29,9 +29,10 @@ from typing import Any, BinaryIO
 
 from ocilayout.errors import NotFoundError, UsageError
 
-from .push import _check_image_name, _check_tag, _Plan, _Pusher
+from . import push as push_module
+from .push import RowWriter, _Plan
 from .schema import STORAGE_DIRECTORY
-from .sources import ImageSource, open_source
+from .sources import ImageSource
 from .store import Repository, _check_repository_key, storage_relative_path
 
 logger = logging.getLogger(__name__)
@@ -336,37 +337,15 @@ def push(
 
     Behaves as ``emulator.push.push`` does, with the rows going to PostgreSQL.
     """
-    _check_image_name(image)
-    if tag is not None:
-        _check_tag(tag)
-    if isinstance(source, ImageSource):
-        return _push_source(store, repo_key, image, tag, source, allow_partial)
-    with open_source(source) as opened:
-        return _push_source(store, repo_key, image, tag, opened, allow_partial)
-
-
-def _push_source(
-    store: PostgresStore,
-    repo_key: str,
-    image: str,
-    tag: str | None,
-    source: ImageSource,
-    allow_partial: bool,
-) -> str:
-    repository = store.ensure_repository(repo_key)
-    pusher = _Pusher(store, repository, source, allow_partial)
-
-    # Content first: blobs and manifest bodies, children before parents.
-    pusher.push_manifest(source.root, depth=0, trail=())
-
-    # Then every row in one transaction.
-    root = str(source.root.digest)
-    with store.transaction() as connection:
-        _insert_rows(connection, repository, image, pusher.plan)
-        if tag is not None:
-            _upsert_reference(connection, repository, image, tag, root, pusher.plan)
-    logger.info("pushed %s:%s as %s into %s", image, tag, root, repo_key)
-    return root
+    return push_module.push(
+        store,
+        repo_key,
+        image,
+        tag,
+        source,
+        allow_partial=allow_partial,
+        rows=POSTGRES_ROWS,
+    )
 
 
 def _insert_rows(connection, repository: Repository, image: str, plan: _Plan) -> None:
@@ -578,3 +557,6 @@ def _copy_into(source: BinaryIO | bytes, output: BinaryIO) -> None:
         return
     while chunk := source.read(_COPY_CHUNK):
         output.write(chunk)
+
+
+POSTGRES_ROWS = RowWriter(_insert_rows, _upsert_reference)

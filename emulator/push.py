@@ -27,7 +27,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ocilayout import mediatypes
 from ocilayout.digest import Digest
@@ -54,6 +54,14 @@ class _Plan:
     manifests: dict[str, tuple[int, str, str, str]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RowWriter:
+    """The functions that write a push's rows in one SQL dialect."""
+
+    insert_rows: Callable[..., None]
+    upsert_reference: Callable[..., None]
+
+
 def push(
     store: EmulatorStore,
     repo_key: str,
@@ -62,6 +70,7 @@ def push(
     source: ImageSource | str | os.PathLike[str],
     *,
     allow_partial: bool = False,
+    rows: RowWriter | None = None,
 ) -> str:
     """Push the image in ``source`` as ``<image>:<tag>`` and return its digest.
 
@@ -72,14 +81,16 @@ def push(
     reference it are still written, which yields the incomplete stores that
     tests need. Non-distributable layers may always be absent. The
     repository is created first, so it remains when the push fails.
+    ``rows`` writes the rows in the store's SQL dialect (default: SQLite).
     """
     _check_image_name(image)
     if tag is not None:
         _check_tag(tag)
+    rows = rows or SQLITE_ROWS
     if isinstance(source, ImageSource):
-        return _push_source(store, repo_key, image, tag, source, allow_partial)
+        return _push_source(store, repo_key, image, tag, source, allow_partial, rows)
     with open_source(source) as opened:
-        return _push_source(store, repo_key, image, tag, opened, allow_partial)
+        return _push_source(store, repo_key, image, tag, opened, allow_partial, rows)
 
 
 def _push_source(
@@ -89,6 +100,7 @@ def _push_source(
     tag: str | None,
     source: ImageSource,
     allow_partial: bool,
+    rows: RowWriter,
 ) -> str:
     repository = store.ensure_repository(repo_key)
     pusher = _Pusher(store, repository, source, allow_partial)
@@ -99,9 +111,9 @@ def _push_source(
     # Then every row in one transaction.
     root = str(source.root.digest)
     with store.transaction() as connection:
-        _insert_rows(connection, repository, image, pusher.plan)
+        rows.insert_rows(connection, repository, image, pusher.plan)
         if tag is not None:
-            _upsert_reference(connection, repository, image, tag, root, pusher.plan)
+            rows.upsert_reference(connection, repository, image, tag, root, pusher.plan)
     logger.info("pushed %s:%s as %s into %s", image, tag, root, repo_key)
     return root
 
@@ -360,3 +372,6 @@ def _check_tag(tag: str) -> None:
             f"invalid tag {tag!r}: use up to 128 letters, digits, '_', '.' and "
             f"'-', not starting with '.' or '-'"
         )
+
+
+SQLITE_ROWS = RowWriter(_insert_rows, _upsert_reference)

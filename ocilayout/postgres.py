@@ -29,17 +29,8 @@ import os
 from typing import Any, Self
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
-from .errors import IntegrityError, MetadataMissingError, UsageError
-from .store import (
-    Blob,
-    BlobRef,
-    Repository,
-    StoredManifest,
-    Subject,
-    Tag,
-    image_of_artifact_path,
-    open_blob,
-)
+from .errors import MetadataMissingError, UsageError
+from .store import SQLMetadata
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +75,7 @@ def check_url(url: str) -> None:
         )
 
 
-class PostgresMetadata:
+class PostgresMetadata(SQLMetadata):
     """MetadataSource over a PostgreSQL database, in one read-only transaction.
 
     Raises UsageError for a malformed URL or one with a password, and
@@ -92,6 +83,9 @@ class PostgresMetadata:
     cannot be reached, rejects the login or lacks the store's tables.
     Use it as a context manager, or call ``close``.
     """
+
+    _NOT_DELETED = "NOT {}is_deleted"
+    _AS_TEXT = "::text"
 
     def __init__(
         self,
@@ -139,132 +133,11 @@ class PostgresMetadata:
         )
 
     def _rows(self, sql: str, *params: object) -> list[tuple]:
+        # The shared statements use "?" placeholders, which psycopg spells %s.
         try:
-            return self._db.execute(sql, params).fetchall()
+            return self._db.execute(sql.replace("?", "%s"), params).fetchall()
         except self._psycopg.Error as exc:
             raise self._unavailable("query failed on", exc) from exc
-
-    def _repositories(self, where: str, *params: object) -> list[Repository]:
-        rows = self._rows(
-            "SELECT DISTINCT r.id::text, r.key, r.storage_backend, r.storage_path "
-            f"FROM repositories r {where} ORDER BY r.key",
-            *params,
-        )
-        return [Repository(*row) for row in rows]
-
-    def repository(self, key: str) -> Repository | None:
-        found = self._repositories("WHERE r.key = %s", key)
-        if len(found) > 1:
-            raise IntegrityError(
-                f"{len(found)} repositories rows have key {key!r}; the key must "
-                "be unique"
-            )
-        return found[0] if found else None
-
-    def repositories_with_manifest(self, digest: str) -> list[Repository]:
-        return self._repositories(
-            "JOIN artifacts a ON a.repository_id = r.id "
-            "WHERE a.storage_key = %s AND NOT a.is_deleted",
-            f"oci-manifests/{digest}",
-        )
-
-    def repositories_with_tag(self, image: str, tag: str) -> list[Repository]:
-        return self._repositories(
-            "JOIN oci_tags t ON t.repository_id = r.id "
-            "WHERE t.name = %s AND t.tag = %s",
-            image,
-            tag,
-        )
-
-    def tag(self, repo: Repository, image: str, tag: str) -> Tag | None:
-        rows = self._rows(
-            "SELECT name, tag, manifest_digest, manifest_content_type FROM oci_tags "
-            "WHERE repository_id = %s AND name = %s AND tag = %s LIMIT 10",
-            repo.id,
-            image,
-            tag,
-        )
-        if len(rows) > 1:
-            digests = ", ".join(sorted({str(row[2]) for row in rows}))
-            raise IntegrityError(
-                f"several oci_tags rows for {image}:{tag} in repository "
-                f"{repo.key} ({digests}); (repository_id, name, tag) must be unique"
-            )
-        return Tag(*rows[0]) if rows else None
-
-    def image_names(self, repo: Repository, digest: str) -> list[str]:
-        rows = self._rows(
-            "SELECT DISTINCT path FROM artifacts WHERE repository_id = %s "
-            "AND storage_key = %s AND NOT is_deleted",
-            repo.id,
-            f"oci-manifests/{digest}",
-        )
-        return sorted({n for (path,) in rows if (n := image_of_artifact_path(path))})
-
-    def manifest(self, repo: Repository, digest: str) -> StoredManifest | None:
-        rows = self._rows(
-            "SELECT size_bytes, checksum_sha256, content_type, storage_key "
-            "FROM artifacts WHERE repository_id = %s AND storage_key = %s "
-            "AND NOT is_deleted LIMIT 1",
-            repo.id,
-            f"oci-manifests/{digest}",
-        )
-        return StoredManifest(digest, *rows[0]) if rows else None
-
-    def blob_refs(self, repo: Repository, manifest_digest: str) -> list[BlobRef]:
-        rows = self._rows(
-            "SELECT m.blob_digest, m.kind, b.size_bytes, b.storage_key, "
-            "m.id::text, b.id::text "
-            "FROM manifest_blob_refs m LEFT JOIN oci_blobs b "
-            "ON b.repository_id = m.repository_id AND b.digest = m.blob_digest "
-            "AND b.pending_delete_at IS NULL "
-            "WHERE m.repository_id = %s AND m.manifest_digest = %s "
-            "ORDER BY m.kind, m.blob_digest",
-            repo.id,
-            manifest_digest,
-        )
-        return [BlobRef(*row) for row in rows]
-
-    def blob_digests_at(self, repo: Repository, storage_key: str) -> list[str]:
-        rows = self._rows(
-            "SELECT digest FROM oci_blobs "
-            "WHERE repository_id = %s AND storage_key = %s",
-            repo.id,
-            storage_key,
-        )
-        return [row[0] for row in rows]
-
-    def blob(self, repo: Repository, digest: str) -> Blob | None:
-        rows = self._rows(
-            "SELECT digest, size_bytes, storage_key FROM oci_blobs "
-            "WHERE repository_id = %s AND digest = %s AND pending_delete_at IS NULL",
-            repo.id,
-            digest,
-        )
-        return Blob(*rows[0]) if rows else None
-
-    def children(self, repo: Repository, parent_digest: str) -> list[str]:
-        rows = self._rows(
-            "SELECT child_digest FROM oci_manifest_refs "
-            "WHERE repository_id = %s AND parent_digest = %s ORDER BY child_digest",
-            repo.id,
-            parent_digest,
-        )
-        return [row[0] for row in rows]
-
-    def referrers(self, repo: Repository, subject_digest: str) -> list[Subject]:
-        rows = self._rows(
-            "SELECT manifest_digest, media_type, artifact_type, size_bytes, "
-            "annotations::text FROM oci_manifest_subjects "
-            "WHERE repository_id = %s AND subject_digest = %s "
-            "ORDER BY manifest_digest",
-            repo.id,
-            subject_digest,
-        )
-        return [Subject(*row) for row in rows]
-
-    def open_blob(self, repo: Repository, key: str) -> tuple[int, str]:
-        return open_blob(repo, key)
 
     def close(self) -> None:
         """End the read-only transaction and the connection (idempotent)."""

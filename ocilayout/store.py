@@ -143,7 +143,143 @@ class MetadataSource(Protocol):
     def close(self) -> None: ...
 
 
-class SQLiteMetadata:
+class SQLMetadata:
+    """The MetadataSource queries, written once for SQLite and PostgreSQL.
+
+    Statements use ``?`` placeholders. A subclass runs them in ``_rows`` and
+    sets the two spellings that differ between the databases.
+    """
+
+    # ``is_deleted`` is an integer in SQLite and a boolean in PostgreSQL. The
+    # format field is the table alias with its dot, or empty.
+    _NOT_DELETED = "{}is_deleted = 0"
+    # PostgreSQL returns uuid and jsonb columns as text only when cast.
+    _AS_TEXT = ""
+
+    def _rows(self, sql: str, *params: object) -> list[tuple]:
+        raise NotImplementedError
+
+    def _repositories(self, where: str, *params: object) -> list[Repository]:
+        rows = self._rows(
+            f"SELECT DISTINCT r.id{self._AS_TEXT}, r.key, r.storage_backend, r.storage_path "
+            f"FROM repositories r {where} ORDER BY r.key",
+            *params,
+        )
+        return [Repository(*row) for row in rows]
+
+    def repository(self, key: str) -> Repository | None:
+        found = self._repositories("WHERE r.key = ?", key)
+        if len(found) > 1:
+            raise IntegrityError(
+                f"{len(found)} repositories rows have key {key!r}; the key must "
+                "be unique"
+            )
+        return found[0] if found else None
+
+    def repositories_with_manifest(self, digest: str) -> list[Repository]:
+        return self._repositories(
+            "JOIN artifacts a ON a.repository_id = r.id "
+            f"WHERE a.storage_key = ? AND {self._NOT_DELETED.format('a.')}",
+            f"oci-manifests/{digest}",
+        )
+
+    def repositories_with_tag(self, image: str, tag: str) -> list[Repository]:
+        return self._repositories(
+            "JOIN oci_tags t ON t.repository_id = r.id WHERE t.name = ? AND t.tag = ?",
+            image,
+            tag,
+        )
+
+    def tag(self, repo: Repository, image: str, tag: str) -> Tag | None:
+        rows = self._rows(
+            "SELECT name, tag, manifest_digest, manifest_content_type FROM oci_tags "
+            "WHERE repository_id = ? AND name = ? AND tag = ? LIMIT 10",
+            repo.id,
+            image,
+            tag,
+        )
+        if len(rows) > 1:
+            digests = ", ".join(sorted({str(row[2]) for row in rows}))
+            raise IntegrityError(
+                f"several oci_tags rows for {image}:{tag} in repository "
+                f"{repo.key} ({digests}); (repository_id, name, tag) must be unique"
+            )
+        return Tag(*rows[0]) if rows else None
+
+    def image_names(self, repo: Repository, digest: str) -> list[str]:
+        rows = self._rows(
+            "SELECT DISTINCT path FROM artifacts WHERE repository_id = ? "
+            f"AND storage_key = ? AND {self._NOT_DELETED.format('')}",
+            repo.id,
+            f"oci-manifests/{digest}",
+        )
+        return sorted({n for (path,) in rows if (n := image_of_artifact_path(path))})
+
+    def manifest(self, repo: Repository, digest: str) -> StoredManifest | None:
+        rows = self._rows(
+            "SELECT size_bytes, checksum_sha256, content_type, storage_key "
+            "FROM artifacts WHERE repository_id = ? AND storage_key = ? "
+            f"AND {self._NOT_DELETED.format('')} LIMIT 1",
+            repo.id,
+            f"oci-manifests/{digest}",
+        )
+        return StoredManifest(digest, *rows[0]) if rows else None
+
+    def blob_refs(self, repo: Repository, manifest_digest: str) -> list[BlobRef]:
+        rows = self._rows(
+            "SELECT m.blob_digest, m.kind, b.size_bytes, b.storage_key, "
+            f"m.id{self._AS_TEXT}, b.id{self._AS_TEXT} "
+            "FROM manifest_blob_refs m LEFT JOIN oci_blobs b "
+            "ON b.repository_id = m.repository_id AND b.digest = m.blob_digest "
+            "AND b.pending_delete_at IS NULL "
+            "WHERE m.repository_id = ? AND m.manifest_digest = ? "
+            "ORDER BY m.kind, m.blob_digest",
+            repo.id,
+            manifest_digest,
+        )
+        return [BlobRef(*row) for row in rows]
+
+    def blob_digests_at(self, repo: Repository, storage_key: str) -> list[str]:
+        rows = self._rows(
+            "SELECT digest FROM oci_blobs WHERE repository_id = ? AND storage_key = ?",
+            repo.id,
+            storage_key,
+        )
+        return [row[0] for row in rows]
+
+    def blob(self, repo: Repository, digest: str) -> Blob | None:
+        rows = self._rows(
+            "SELECT digest, size_bytes, storage_key FROM oci_blobs "
+            "WHERE repository_id = ? AND digest = ? AND pending_delete_at IS NULL",
+            repo.id,
+            digest,
+        )
+        return Blob(*rows[0]) if rows else None
+
+    def children(self, repo: Repository, parent_digest: str) -> list[str]:
+        rows = self._rows(
+            "SELECT child_digest FROM oci_manifest_refs "
+            "WHERE repository_id = ? AND parent_digest = ? ORDER BY child_digest",
+            repo.id,
+            parent_digest,
+        )
+        return [row[0] for row in rows]
+
+    def referrers(self, repo: Repository, subject_digest: str) -> list[Subject]:
+        rows = self._rows(
+            "SELECT manifest_digest, media_type, artifact_type, size_bytes, "
+            f"annotations{self._AS_TEXT} FROM oci_manifest_subjects "
+            "WHERE repository_id = ? AND subject_digest = ? ORDER BY manifest_digest",
+            repo.id,
+            subject_digest,
+        )
+        return [Subject(*row) for row in rows]
+
+    def open_blob(self, repo: Repository, key: str) -> tuple[int, str]:
+        return open_blob(repo, key)
+
+
+class SQLiteMetadata(SQLMetadata):
     """MetadataSource over the emulator's SQLite database, opened read-only."""
 
     def __init__(self, database: str | os.PathLike[str]):
@@ -184,123 +320,6 @@ class SQLiteMetadata:
     def _rows(self, sql: str, *params: object) -> list[tuple]:
         return self._db.execute(sql, params).fetchall()
 
-    def _repositories(self, where: str, *params: object) -> list[Repository]:
-        rows = self._rows(
-            "SELECT DISTINCT r.id, r.key, r.storage_backend, r.storage_path "
-            f"FROM repositories r {where} ORDER BY r.key",
-            *params,
-        )
-        return [Repository(*row) for row in rows]
-
-    def repository(self, key: str) -> Repository | None:
-        found = self._repositories("WHERE r.key = ?", key)
-        if len(found) > 1:
-            raise IntegrityError(
-                f"{len(found)} repositories rows have key {key!r}; the key must "
-                "be unique"
-            )
-        return found[0] if found else None
-
-    def repositories_with_manifest(self, digest: str) -> list[Repository]:
-        return self._repositories(
-            "JOIN artifacts a ON a.repository_id = r.id "
-            "WHERE a.storage_key = ? AND a.is_deleted = 0",
-            f"oci-manifests/{digest}",
-        )
-
-    def repositories_with_tag(self, image: str, tag: str) -> list[Repository]:
-        return self._repositories(
-            "JOIN oci_tags t ON t.repository_id = r.id WHERE t.name = ? AND t.tag = ?",
-            image,
-            tag,
-        )
-
-    def tag(self, repo: Repository, image: str, tag: str) -> Tag | None:
-        rows = self._rows(
-            "SELECT name, tag, manifest_digest, manifest_content_type FROM oci_tags "
-            "WHERE repository_id = ? AND name = ? AND tag = ? LIMIT 10",
-            repo.id,
-            image,
-            tag,
-        )
-        if len(rows) > 1:
-            digests = ", ".join(sorted({str(row[2]) for row in rows}))
-            raise IntegrityError(
-                f"several oci_tags rows for {image}:{tag} in repository "
-                f"{repo.key} ({digests}); (repository_id, name, tag) must be unique"
-            )
-        return Tag(*rows[0]) if rows else None
-
-    def image_names(self, repo: Repository, digest: str) -> list[str]:
-        rows = self._rows(
-            "SELECT DISTINCT path FROM artifacts WHERE repository_id = ? "
-            "AND storage_key = ? AND is_deleted = 0",
-            repo.id,
-            f"oci-manifests/{digest}",
-        )
-        return sorted({n for (path,) in rows if (n := image_of_artifact_path(path))})
-
-    def manifest(self, repo: Repository, digest: str) -> StoredManifest | None:
-        rows = self._rows(
-            "SELECT size_bytes, checksum_sha256, content_type, storage_key "
-            "FROM artifacts WHERE repository_id = ? AND storage_key = ? "
-            "AND is_deleted = 0 LIMIT 1",
-            repo.id,
-            f"oci-manifests/{digest}",
-        )
-        return StoredManifest(digest, *rows[0]) if rows else None
-
-    def blob_refs(self, repo: Repository, manifest_digest: str) -> list[BlobRef]:
-        rows = self._rows(
-            "SELECT m.blob_digest, m.kind, b.size_bytes, b.storage_key, m.id, b.id "
-            "FROM manifest_blob_refs m LEFT JOIN oci_blobs b "
-            "ON b.repository_id = m.repository_id AND b.digest = m.blob_digest "
-            "AND b.pending_delete_at IS NULL "
-            "WHERE m.repository_id = ? AND m.manifest_digest = ? "
-            "ORDER BY m.kind, m.blob_digest",
-            repo.id,
-            manifest_digest,
-        )
-        return [BlobRef(*row) for row in rows]
-
-    def blob_digests_at(self, repo: Repository, storage_key: str) -> list[str]:
-        rows = self._rows(
-            "SELECT digest FROM oci_blobs WHERE repository_id = ? AND storage_key = ?",
-            repo.id,
-            storage_key,
-        )
-        return [row[0] for row in rows]
-
-    def blob(self, repo: Repository, digest: str) -> Blob | None:
-        rows = self._rows(
-            "SELECT digest, size_bytes, storage_key FROM oci_blobs "
-            "WHERE repository_id = ? AND digest = ? AND pending_delete_at IS NULL",
-            repo.id,
-            digest,
-        )
-        return Blob(*rows[0]) if rows else None
-
-    def children(self, repo: Repository, parent_digest: str) -> list[str]:
-        rows = self._rows(
-            "SELECT child_digest FROM oci_manifest_refs "
-            "WHERE repository_id = ? AND parent_digest = ? ORDER BY child_digest",
-            repo.id,
-            parent_digest,
-        )
-        return [row[0] for row in rows]
-
-    def referrers(self, repo: Repository, subject_digest: str) -> list[Subject]:
-        rows = self._rows(
-            "SELECT manifest_digest, media_type, artifact_type, size_bytes, "
-            "annotations FROM oci_manifest_subjects "
-            "WHERE repository_id = ? AND subject_digest = ? ORDER BY manifest_digest",
-            repo.id,
-            subject_digest,
-        )
-        return [Subject(*row) for row in rows]
-
-    def open_blob(self, repo: Repository, key: str) -> tuple[int, str]:
-        return open_blob(repo, key)
 
     def close(self) -> None:
         self._db.close()
