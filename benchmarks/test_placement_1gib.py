@@ -289,7 +289,7 @@ def test_help_startup(benchmark):
 def test_library_hardlink_build_in_process(benchmark, image):
     """The cold verified hardlink build as a library call, against skopeo.
 
-    Hashing 1 GiB bounds any verified build; on a two-CPU machine it takes
+    Hashing 1 GiB bounds any verified build. On a two-CPU machine it takes
     about a ninth of skopeo's time, which leaves too little for a new
     Python process to start and import the CLI (see benchmarks/README.md).
     """

@@ -410,7 +410,7 @@ def remove(
         if extra:
             shown = ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else "")
             raise UsageError(
-                f"{layout} holds entries that ocilayout build does not write "
+                f"{layout} contains entries that ocilayout build does not write "
                 f"({shown}); nothing was removed, so delete it by hand if you "
                 "mean to"
             )
@@ -435,7 +435,7 @@ _BLOB_NAME = re.compile(r"[a-f0-9]{32,128}")
 
 
 def _foreign_entries(layout: Path) -> list[str]:
-    """List what a layout holds beyond oci-layout, index.json and blob files."""
+    """List what a layout contains beyond oci-layout, index.json and blob files."""
     extra = []
     for entry in os.scandir(layout):
         if entry.name in ("oci-layout", "index.json") and entry.is_file(
@@ -511,7 +511,7 @@ def main() -> None:
         return
 
     # With --json, a malformed command line is reported as a JSON document
-    # too, so a caller that parses stdout never sees click's plain text.
+    # too, so a caller that parses stdout never gets click's plain text.
     try:
         code = app(standalone_mode=False)
     except OCILayoutError as error:

@@ -175,9 +175,9 @@ def scan(
 ) -> None:
     """Scan one image, from a local layout or else its registry.
 
-    The scan reads a verified layout built in a private workspace; only when
-    no local layout is possible (exit 4 of build) and --registry is given does
-    it scan the registry by digest.
+    The scan reads a verified layout built in a private workspace. Only when
+    no local layout is possible (exit 4 of build) and --registry is given
+    does it scan the registry by digest.
     """
     # The scan modules load only when this command runs, to keep the other
     # commands' start-up short.

@@ -299,7 +299,7 @@ def test_fallback_by_digest_finds_image_name(pushed_multi, keys):
 
 
 def test_fallback_by_digest_with_two_image_names(pushed_single, keys):
-    """A digest pushed under two image names cannot pick one: it asks for --image."""
+    """A digest pushed under two image names cannot pick one, so --image is required."""
     push(
         pushed_single.store,
         "docker-local",
@@ -321,7 +321,8 @@ def test_fallback_by_digest_with_two_image_names(pushed_single, keys):
     assert code == 4
     message = document["error"]["message"]
     assert document["error"]["type"] == "FallbackUnavailableError"
-    assert pushed_single.image in message and "other/name" in message
+    assert pushed_single.image in message
+    assert "other/name" in message
     assert "--image" in message
 
 
